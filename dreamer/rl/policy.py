@@ -1,0 +1,144 @@
+"""Actor-critic MLP policies for Discrete and Box action spaces, and their save/load format.
+
+A saved policy is a folder: `policy.pt` (a state dict, loaded with `weights_only=True`) and
+`policy.json` (the spaces and the architecture), so loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+from torch.distributions import Categorical, Distribution, Normal
+
+from dreamer.sim.contract import space_from_dict, space_to_dict
+
+
+@dataclass(frozen=True)
+class MLPPolicyConfig:
+    hidden_sizes: list[int]
+    activation: str          # a torch.nn activation class name, e.g. "Tanh"
+    initial_log_std: float   # Box actions: starting log std of the Gaussian
+
+
+def mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:
+    """Orthogonally initialised MLP (CleanRL's scheme): hidden gain √2, output gain `out_gain`."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        linear = nn.Linear(fan_in, fan_out)
+        nn.init.orthogonal_(linear.weight, out_gain if last else np.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(getattr(nn, activation)())
+    return nn.Sequential(*layers)
+
+
+class MLPPolicy(nn.Module):
+    """Separate actor and critic MLPs over observations standardised with fixed statistics.
+
+    `obs_mean`/`obs_std` (O,) are set once (from the session trace) and saved with the weights.
+    """
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, config: MLPPolicyConfig):
+        super().__init__()
+        self.observation_space, self.action_space, self.config = observation_space, action_space, config
+        obs_dim = int(np.prod(observation_space.shape))
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        act_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.actor = mlp([obs_dim, *config.hidden_sizes, act_dim], config.activation, out_gain=0.01)
+        self.critic = mlp([obs_dim, *config.hidden_sizes, 1], config.activation, out_gain=1.0)
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((act_dim,), config.initial_log_std))
+            self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+
+    def set_obs_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.obs_std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+
+    def normalise(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((obs - self.obs_mean) / self.obs_std, -10.0, 10.0)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        out = self.actor(self.normalise(obs))
+        if self.discrete:
+            return Categorical(logits=out, validate_args=False)
+        return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, O) -> (B,) state values."""
+        return self.critic(self.normalise(obs)).squeeze(-1)
+
+    def log_prob(self, dist: Distribution, action: torch.Tensor) -> torch.Tensor:
+        """(B,) log-probability of the (unclipped) actions; Box dims are summed."""
+        logp = dist.log_prob(action)
+        return logp if self.discrete else logp.sum(-1)
+
+    def entropy(self, dist: Distribution) -> torch.Tensor:
+        ent = dist.entropy()
+        return ent if self.discrete else ent.sum(-1)
+
+    def env_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Sampled action -> an action valid in the env's space (Box actions clipped)."""
+        return action if self.discrete else torch.clamp(action, self.action_low, self.action_high)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
+        """One observation (O,) or a batch (B, O) -> action(s) valid for the action space."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.obs_mean.device)
+        single = obs_t.ndim == 1
+        dist = self.distribution(obs_t.reshape(-1, self.obs_mean.numel()))
+        if deterministic:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        action = self.env_action(action).cpu().numpy()
+        if self.discrete:
+            action = action.astype(np.int64)
+            return int(action[0]) if single else action
+        return action[0].astype(np.float32) if single else action.astype(np.float32)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `policy.pt` and `policy.json` into `folder` (each atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "kind": "mlp",
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
+            "config": asdict(self.config),
+        }
+        state = {key: value.detach().cpu() for key, value in self.state_dict().items()}
+        torch.save(state, folder / "policy.pt.tmp")
+        os.replace(folder / "policy.pt.tmp", folder / "policy.pt")
+        (folder / "policy.json.tmp").write_text(json.dumps(meta, indent=2))
+        os.replace(folder / "policy.json.tmp", folder / "policy.json")
+        return folder
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> MLPPolicy:
+    """Load a saved policy folder (or a run dir holding `policy/`) for acting: `.act(obs)`."""
+    folder = Path(path)
+    if (folder / "policy").is_dir():
+        folder = folder / "policy"
+    meta_path = folder / "policy.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: expected a policy folder with policy.json and policy.pt")
+    meta = json.loads(meta_path.read_text())
+    policy = MLPPolicy(
+        space_from_dict(meta["observation_space"]),
+        space_from_dict(meta["action_space"]),
+        MLPPolicyConfig(**meta["config"]),
+    )
+    policy.load_state_dict(torch.load(folder / "policy.pt", map_location=device, weights_only=True))
+    return policy.to(device).eval()

@@ -1,0 +1,222 @@
+"""PPO (clipped surrogate, GAE) on a vector env whose observations, rewards and flags are torch tensors.
+
+Reads top to bottom like CleanRL's ppo.py. Shapes: T = num_steps, N = num_envs, O = obs dim.
+The vector env must autoreset in SAME_STEP mode (`SimVectorEnv` does; wrap Gymnasium vector envs
+with `dreamer.rl.ppo.TorchVectorEnv`): truncated episodes are bootstrapped with the value of
+`info["final_obs"]`, terminated ones are not.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector import VectorWrapper
+from torch import nn
+from tqdm.auto import tqdm
+
+from dreamer.rl.policy import MLPPolicy
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    total_steps: int          # env steps (summed over envs) per call of `train_ppo`
+    num_envs: int
+    num_steps: int            # rollout length per env per update
+    learning_rate: float
+    anneal_lr: bool
+    gamma: float
+    gae_lambda: float
+    num_minibatches: int
+    update_epochs: int
+    clip_coef: float
+    clip_vloss: bool
+    ent_coef: float
+    vf_coef: float
+    max_grad_norm: float
+    target_kl: float | None   # stop an update's epochs early past this approx KL (None: never)
+    norm_adv: bool
+    reward_scale: float       # rewards are multiplied by this for learning (returns are logged unscaled)
+
+
+@dataclass
+class PPOResult:
+    env_steps: int
+    updates: int
+    episodes: int
+    episode_return_mean: float | None   # mean return of the episodes finished in the last update
+    steps_per_second: float
+    history: list[dict] = field(default_factory=list)   # one row of figures per update
+
+
+class TorchVectorEnv(VectorWrapper):
+    """Gymnasium envs in a SyncVectorEnv (SAME_STEP autoreset) speaking torch, for PPO on real envs.
+
+    `info["final_obs"]` becomes a dense (N, O) tensor (rows of unfinished envs hold their obs).
+    """
+
+    def __init__(self, env_fns: list[Callable[[], gymnasium.Env]], device: str | torch.device):
+        super().__init__(gymnasium.vector.SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP))
+        self.device = torch.device(device)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.device), info
+
+    def step(self, actions: torch.Tensor):
+        obs, reward, terminated, truncated, info = self.env.step(actions.cpu().numpy())
+        final_obs = obs.copy()
+        for i in np.flatnonzero(info.get("_final_obs", [])):
+            final_obs[i] = info["final_obs"][i]
+        tensor = partial(torch.as_tensor, device=self.device)
+        return (
+            tensor(obs, dtype=torch.float32),
+            tensor(reward, dtype=torch.float32),
+            tensor(terminated, dtype=torch.bool),
+            tensor(truncated, dtype=torch.bool),
+            {"final_obs": tensor(final_obs, dtype=torch.float32)},
+        )
+
+
+def train_ppo(
+    policy: MLPPolicy,
+    envs: gymnasium.vector.VectorEnv,
+    config: PPOConfig,
+    seed: int,
+    log: Callable[[dict, int], None] | None = None,
+    progress: bool = True,
+) -> PPOResult:
+    """Train `policy` in place on `envs` for `config.total_steps` env steps."""
+    device = next(policy.parameters()).device
+    num_envs, T = envs.num_envs, config.num_steps
+    if num_envs != config.num_envs:
+        raise ValueError(f"algo.num_envs={config.num_envs} but the vector env has {num_envs} envs")
+    batch_size = num_envs * T
+    minibatch_size = batch_size // config.num_minibatches
+    num_updates = max(1, config.total_steps // batch_size)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+
+    obs_dim = policy.obs_mean.numel()
+    act_shape = () if policy.discrete else policy.action_low.shape
+    obs_buf = torch.zeros((T, num_envs, obs_dim), device=device)
+    final_obs_buf = torch.zeros((T, num_envs, obs_dim), device=device)
+    actions_buf = torch.zeros((T, num_envs, *act_shape), device=device, dtype=torch.long if policy.discrete else torch.float32)
+    logprobs_buf = torch.zeros((T, num_envs), device=device)
+    rewards_buf = torch.zeros((T, num_envs), device=device)
+    terminated_buf = torch.zeros((T, num_envs), device=device)
+    truncated_buf = torch.zeros((T, num_envs), device=device)
+    values_buf = torch.zeros((T, num_envs), device=device)
+
+    obs, _ = envs.reset(seed=seed)
+    episode_return = torch.zeros(num_envs, device=device)
+    result = PPOResult(env_steps=0, updates=0, episodes=0, episode_return_mean=None, steps_per_second=0.0)
+    start = time.perf_counter()
+    bar = tqdm(total=num_updates * batch_size, unit="step", unit_scale=True, disable=not progress, leave=False)
+
+    for update in range(num_updates):
+        if config.anneal_lr:
+            optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - update / num_updates)
+        finished_returns = torch.zeros((), device=device)
+        finished_count = torch.zeros((), device=device)
+
+        # Rollout: T steps in each of the N envs.
+        for t in range(T):
+            with torch.no_grad():
+                dist = policy.distribution(obs)
+                action = dist.sample()
+                logprobs_buf[t] = policy.log_prob(dist, action)
+                values_buf[t] = policy.value(obs)
+            obs_buf[t], actions_buf[t] = obs, action
+            next_obs, reward, terminated, truncated, info = envs.step(policy.env_action(action))
+            done = terminated | truncated
+            rewards_buf[t] = reward * config.reward_scale
+            terminated_buf[t], truncated_buf[t] = terminated.float(), truncated.float()
+            final_obs_buf[t] = info["final_obs"]
+            episode_return += reward
+            finished_returns += (episode_return * done).sum()
+            finished_count += done.sum()
+            episode_return *= ~done
+            obs = next_obs
+
+        # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
+        with torch.no_grad():
+            final_values = policy.value(final_obs_buf.reshape(-1, obs_dim)).reshape(T, num_envs)
+            rewards = rewards_buf + config.gamma * final_values * truncated_buf
+            next_value = policy.value(obs)
+            advantages = torch.zeros_like(rewards)
+            last_gae = torch.zeros(num_envs, device=device)
+            for t in reversed(range(T)):
+                following = next_value if t == T - 1 else values_buf[t + 1]
+                not_done = 1.0 - torch.maximum(terminated_buf[t], truncated_buf[t])
+                delta = rewards[t] + config.gamma * following * not_done - values_buf[t]
+                last_gae = delta + config.gamma * config.gae_lambda * not_done * last_gae
+                advantages[t] = last_gae
+            returns = advantages + values_buf
+
+        # Update: clipped surrogate on shuffled minibatches.
+        b_obs, b_actions = obs_buf.reshape(batch_size, obs_dim), actions_buf.reshape(batch_size, *act_shape)
+        b_logprobs, b_advantages = logprobs_buf.reshape(-1), advantages.reshape(-1)
+        b_returns, b_values = returns.reshape(-1), values_buf.reshape(-1)
+        clip_fractions, approx_kl = [], torch.zeros(())
+        for _ in range(config.update_epochs):
+            order = torch.randperm(batch_size, device=device)
+            for lo in range(0, batch_size, minibatch_size):
+                mb = order[lo : lo + minibatch_size]
+                dist = policy.distribution(b_obs[mb])
+                new_logprob = policy.log_prob(dist, b_actions[mb])
+                log_ratio = new_logprob - b_logprobs[mb]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clip_fractions.append(((ratio - 1.0).abs() > config.clip_coef).float().mean())
+                mb_adv = b_advantages[mb]
+                if config.norm_adv:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
+                new_value = policy.value(b_obs[mb])
+                if config.clip_vloss:
+                    clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-config.clip_coef, config.clip_coef)
+                    v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (clipped - b_returns[mb]) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
+                entropy = policy.entropy(dist).mean()
+                loss = pg_loss - config.ent_coef * entropy + config.vf_coef * v_loss
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+            if config.target_kl is not None and approx_kl > config.target_kl:
+                break
+
+        # Bookkeeping: one host sync per update.
+        count = int(finished_count.item())
+        result.env_steps += batch_size
+        result.updates += 1
+        result.episodes += count
+        if count:
+            result.episode_return_mean = float(finished_returns.item()) / count
+        result.steps_per_second = result.env_steps / (time.perf_counter() - start)
+        row = {
+            "env_steps": result.env_steps,
+            "episode_return_mean": result.episode_return_mean,
+            "episodes": count,
+            "policy_loss": float(pg_loss.item()),
+            "value_loss": float(v_loss.item()),
+            "entropy": float(entropy.item()),
+            "approx_kl": float(approx_kl.item()),
+            "clip_fraction": float(torch.stack(clip_fractions).mean().item()),
+            "steps_per_second": result.steps_per_second,
+        }
+        result.history.append(row)
+        if log is not None:
+            log(row, result.env_steps)
+        bar.update(batch_size)
+        bar.set_postfix(ret=f"{result.episode_return_mean:.1f}" if result.episode_return_mean is not None else "-", sps=f"{result.steps_per_second:,.0f}")
+    bar.close()
+    return result

@@ -1,0 +1,16 @@
+"""Recorded sessions: the Trace, its JSONL and NPZ files, and a Gymnasium recorder."""
+
+from dreamer.traces.recorder import TraceRecorder, collect_trace
+from dreamer.traces.storage import load_trace, save_trace
+from dreamer.traces.trace import Trace, TraceError, TraceSummary, TraceWarning
+
+__all__ = [
+    "Trace",
+    "TraceError",
+    "TraceRecorder",
+    "TraceSummary",
+    "TraceWarning",
+    "collect_trace",
+    "load_trace",
+    "save_trace",
+]

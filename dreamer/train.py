@@ -1,0 +1,173 @@
+"""The dream loop: `python -m dreamer.train [+experiment=NAME] [overrides]`.
+
+Each round records real steps (or loads the trace file), writes a sim from the session's training
+episodes, validates it in the sandbox against the held-out episodes, and trains PPO in vectorized
+copies of the accepted sim. The final policy is evaluated in the real env. The run dir holds
+`trace.jsonl`, `env/<name>.py`, `env/report.json` (earlier rounds under `env/round_<r>/`),
+`policy/`, `metrics.json` and Hydra's `.hydra/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gymnasium
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from dreamer.artifacts import write_json, write_text
+from dreamer.config import build, to_plain
+from dreamer.loggers import make_logger
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
+from dreamer.sandbox import SandboxConfig, load_sim, validate
+from dreamer.sim import SimVectorEnv
+from dreamer.traces import Trace, TraceRecorder, load_trace, save_trace
+from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
+
+console = Console(stderr=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a cuda device on a machine without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this machine has no CUDA device; use device=cpu or device=auto")
+    return resolved
+
+
+def record_round(recorder: TraceRecorder, num_steps: int, seed: int, policy: MLPPolicy | None) -> Trace:
+    """Act `num_steps` real steps (at random, or sampling `policy`); the whole session so far."""
+    recorder.action_space.seed(seed)
+    obs, _ = recorder.reset(seed=seed)
+    for _ in range(num_steps):
+        action = recorder.action_space.sample() if policy is None else policy.act(obs, deterministic=False)
+        obs, _, terminated, truncated, _ = recorder.step(action)
+        if terminated or truncated:
+            obs, _ = recorder.reset()
+    return recorder.trace()
+
+
+def summary_table(metrics: dict) -> Table:
+    table = Table(title="What the dream bought", show_header=False)
+    fidelity = metrics["fidelity"] or {}
+    rows = [
+        ("accepted sim", str(metrics["accepted"])),
+        ("real env steps", f"{metrics['real_env_steps']:,}"),
+        ("dream env steps", f"{metrics['dream_env_steps']:,}"),
+        ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}"),
+        ("one-step obs NRMSE (held out)", f"{fidelity.get('obs_nrmse_mean', float('nan')):.4g}"),
+        ("termination accuracy (held out)", f"{fidelity.get('termination_accuracy', float('nan')):.4g}"),
+        ("real return", "n/a (no real env)" if metrics["real_return_mean"] is None
+         else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
+        ("wall time", f"{metrics['wall_seconds']:.0f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """The whole loop; returns the metrics also written to `run_dir/metrics.json`."""
+    start = time.perf_counter()
+    if (run_dir / "metrics.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    writer = SymbolicWriter(build(SymbolicWriterConfig, cfg.writer, "writer", ignore=("name",)))
+    sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")
+    ppo_config = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+    policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
+    logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
+
+    if cfg.trace.source == "env":
+        recorder = TraceRecorder(gymnasium.make(cfg.trace.env_id))
+        rounds = list(cfg.trace.steps_per_round)
+    elif cfg.trace.source == "file":
+        session = load_trace(cfg.trace.path)
+        rounds = [None]
+    else:
+        raise ValueError(f"trace.source must be 'env' or 'file', got {cfg.trace.source!r}")
+
+    policy: MLPPolicy | None = None
+    dream_steps, sps, report = 0, 0.0, None
+    env_dir = run_dir / "env"
+    for r, num_steps in enumerate(rounds):
+        last = r == len(rounds) - 1
+        if num_steps is not None:
+            console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {num_steps:,} real steps in {cfg.trace.env_id}"
+                          f" acting {'at random' if policy is None else 'with the dream policy'}")
+            session = record_round(recorder, num_steps, cfg.seed + r, policy)
+        train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
+        source = writer.write(train_trace)
+        round_dir = env_dir if last else env_dir / f"round_{r}"
+        write_text(round_dir / f"{cfg.sim.name}.py", source)
+        report = validate(source, held_out, sandbox_config, name=cfg.sim.name)
+        report.save(round_dir / "report.json")
+        fidelity = report.fidelity or {}
+        console.print(f"  writer={writer.name}: {'accepted' if report.accepted else 'REJECTED'} "
+                      f"(one-step NRMSE {fidelity.get('obs_nrmse_mean', float('nan')):.3g}, "
+                      f"termination accuracy {fidelity.get('termination_accuracy', float('nan')):.3g})")
+        logger.log({f"fidelity/{k}": v for k, v in fidelity.items() if isinstance(v, int | float)}, dream_steps)
+        if not report.accepted:
+            break
+        sim = load_sim(round_dir / f"{cfg.sim.name}.py")
+        if policy is None:
+            policy = MLPPolicy(sim.observation_space, sim.action_space, policy_config).to(device)
+            stats = train_trace.summary()
+            policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std))
+        envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
+        result = train_ppo(policy, envs, ppo_config, seed=cfg.seed + r,
+                           log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, dream_steps + step),
+                           progress=cfg.algo.progress)
+        dream_steps += result.env_steps
+        sps = result.steps_per_second
+        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, "
+                      f"dream return {result.episode_return_mean}")
+
+    save_trace(session, run_dir / "trace.jsonl")
+    returns = None
+    if report.accepted:
+        policy.cpu().save(run_dir / "policy")
+        if cfg.eval.env_id:
+            returns = evaluate_policy(policy, gymnasium.make(cfg.eval.env_id), cfg.eval.episodes, cfg.eval.seed)
+            logger.log({"real/return_mean": float(returns.mean())}, dream_steps)
+    metrics = {
+        "accepted": report.accepted,
+        "reasons": report.reasons,
+        "writer": writer.name,
+        "seed": cfg.seed,
+        "real_env_steps": len(session),
+        "dream_env_steps": dream_steps,
+        "dream_steps_per_second": sps,
+        "real_return_mean": None if returns is None else float(returns.mean()),
+        "real_return_std": None if returns is None else float(returns.std()),
+        "real_eval_episodes": 0 if returns is None else len(returns),
+        "real_eval_env": cfg.eval.env_id,
+        "fidelity": report.fidelity,
+        "device": str(device),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    logger.finish()
+    console.print(summary_table(metrics))
+    console.print(f"run dir: {run_dir}")
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if not metrics["accepted"]:
+        raise SystemExit("the sandbox rejected the written sim: " + "; ".join(metrics["reasons"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""The offline writer: equation discovery from a trace to readable sim source, no language model.
+
+What it fits, on the trace's transitions, assuming nothing about which environment they came from:
+
+- coordinates: each observation dimension, except that adjacent dimensions lying on the unit circle
+  (`cos θ, sin θ`, Gymnasium's convention) are read as one angle θ;
+- dynamics: each coordinate's one-step change as a sparse sum of candidate terms (monomials up to
+  `degree` of the coordinates, their sines and cosines, and the action), fitted by sequentially
+  thresholded least squares (pysindy's STLSQ); the threshold is chosen on held-back episodes as the
+  sparsest model within `selection_tolerance` of the best validation error;
+- reward: the same regression on the state before the step and the action;
+- termination: a shallow decision tree on the next state's coordinates and their magnitudes;
+- initial states: uniform over the box the episode starts span, per coordinate;
+- horizon: the trace's `max_episode_steps`, else the longest truncated episode, else the default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pysindy
+from gymnasium import spaces
+from sklearn.tree import DecisionTreeClassifier
+
+from dreamer.sim.contract import space_to_dict
+from dreamer.traces import Trace
+
+
+@dataclass(frozen=True)
+class SymbolicWriterConfig:
+    degree: int                       # highest monomial degree of the dynamics library
+    reward_degree: int                # highest monomial degree of the reward library
+    thresholds: list[float]           # STLSQ thresholds tried (on unit-norm columns)
+    ridge_alpha: float                # STLSQ ridge penalty
+    selection_tolerance: float        # keep the sparsest model with error <= tolerance * best ...
+    target_nrmse: float               # ... or with error <= this validation NRMSE
+    validation_fraction: float        # share of the trace's episodes held back to pick a threshold
+    termination_max_depth: int        # depth of the termination tree
+    angle_tolerance: float            # max |cos² + sin² - 1| for a pair to count as an angle
+    default_max_episode_steps: int    # horizon when the trace does not tell
+    seed: int
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A base feature: its name in the emitted code, how to compute it there, and its values."""
+
+    name: str
+    code: str
+    values: np.ndarray   # (N,) float64
+    indicator: bool = False   # a 0/1 action indicator: its powers equal itself
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """Observation <-> regression coordinates: plain dimensions and (cos, sin) angle pairs."""
+
+    obs_dim: int
+    angle_starts: tuple[int, ...]   # obs index i of each pair (i: cos θ, i + 1: sin θ)
+
+    @classmethod
+    def detect(cls, obs: np.ndarray, tolerance: float) -> "Coordinates":
+        starts, i = [], 0
+        while i + 1 < obs.shape[1]:
+            if np.max(np.abs(obs[:, i] ** 2 + obs[:, i + 1] ** 2 - 1.0)) <= tolerance:
+                starts.append(i)
+                i += 2
+            else:
+                i += 1
+        return cls(obs.shape[1], tuple(starts))
+
+    @property
+    def layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, obs indices) per coordinate: `x{i}` for a plain dim, `th{i}` for an angle pair."""
+        out, i = [], 0
+        while i < self.obs_dim:
+            if i in self.angle_starts:
+                out.append((f"th{i}", (i, i + 1)))
+                i += 2
+            else:
+                out.append((f"x{i}", (i,)))
+                i += 1
+        return out
+
+    def from_obs(self, obs: np.ndarray) -> np.ndarray:
+        """(N, O) observations -> (N, D) coordinates."""
+        cols = [np.arctan2(obs[:, idx[1]], obs[:, idx[0]]) if len(idx) == 2 else obs[:, idx[0]] for _, idx in self.layout]
+        return np.stack(cols, axis=1).astype(np.float64)
+
+    def change(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """(N, D) one-step change of each coordinate; angle changes wrapped to [-π, π)."""
+        delta = self.from_obs(next_obs) - self.from_obs(obs)
+        for d, (_, idx) in enumerate(self.layout):
+            if len(idx) == 2:
+                delta[:, d] = (delta[:, d] + math.pi) % (2 * math.pi) - math.pi
+        return delta
+
+
+@dataclass(frozen=True)
+class Library:
+    """Candidate terms: base features and the monomials built from them, with their values."""
+
+    name: str
+    features: list[Feature]
+    term_names: list[str]
+    X: np.ndarray   # (N, F) term values
+
+    @classmethod
+    def build(cls, name: str, features: list[Feature], degree: int) -> "Library":
+        terms = monomials(features, degree)
+        return cls(name, features, [term_name(features, t) for t in terms], design_matrix(features, terms))
+
+
+@dataclass(frozen=True)
+class SparseFit:
+    """One target's equation: `target ≈ X @ coef` over `library`'s terms."""
+
+    library: Library
+    coef: np.ndarray          # (F,)
+    threshold: float
+    validation_nrmse: float
+
+    @property
+    def num_terms(self) -> int:
+        return int(np.count_nonzero(self.coef))
+
+    def used_names(self) -> set[str]:
+        return {part for name, c in zip(self.library.term_names, self.coef) if c for part in name.split("*")}
+
+
+def base_features(coords: Coordinates, q: np.ndarray, action: np.ndarray, action_space: spaces.Space, trig: bool) -> list[Feature]:
+    """Coordinates, (if `trig`) their sines and cosines, and action features."""
+    feats = [Feature(name, name, q[:, d]) for d, (name, _) in enumerate(coords.layout)]
+    if trig:
+        for d, (name, _) in enumerate(coords.layout):
+            feats.append(Feature(f"sin_{name}", f"torch.sin({name})", np.sin(q[:, d])))
+            feats.append(Feature(f"cos_{name}", f"torch.cos({name})", np.cos(q[:, d])))
+    return feats + action_features(action, action_space)
+
+
+def action_features(action: np.ndarray, action_space: spaces.Space) -> list[Feature]:
+    if isinstance(action_space, spaces.Discrete):
+        return [
+            Feature(f"a{k}", f"(action == {k}).float()", (action == k).astype(np.float64), indicator=True)
+            for k in range(1, int(action_space.n))
+        ]
+    clipped = np.clip(action, action_space.low, action_space.high).reshape(len(action), -1)
+    return [Feature(f"u{j}", f"action[:, {j}]", clipped[:, j].astype(np.float64)) for j in range(clipped.shape[1])]
+
+
+def monomials(features: list[Feature], degree: int) -> list[tuple[int, ...]]:
+    """Index tuples of every monomial up to `degree` (the empty tuple is the constant term).
+
+    Redundant monomials are left out so the regression is well posed: an action indicator
+    appears at most once (its powers equal itself), and a cosine at most once (cos² = 1 - sin²).
+    """
+    once = {i for i, f in enumerate(features) if f.indicator or f.name.startswith("cos_")}
+    terms = [()]
+    for k in range(1, degree + 1):
+        for combo in itertools.combinations_with_replacement(range(len(features)), k):
+            if sum(features[i].indicator for i in combo) <= 1 and all(combo.count(i) <= 1 for i in once & set(combo)):
+                terms.append(combo)
+    return terms
+
+
+def design_matrix(features: list[Feature], terms: list[tuple[int, ...]]) -> np.ndarray:
+    """(N, F) values of each monomial."""
+    n = len(features[0].values)
+    columns = [np.prod([features[i].values for i in term], axis=0) if term else np.ones(n) for term in terms]
+    return np.stack(columns, axis=1)
+
+
+def term_name(features: list[Feature], term: tuple[int, ...]) -> str:
+    return "*".join(features[i].name for i in term) if term else "1"
+
+
+def fit_sparse(libraries: list[Library], y: np.ndarray, train: np.ndarray, config: SymbolicWriterConfig) -> SparseFit:
+    """STLSQ of `y` (N,) on each library at each threshold, fitted on `train` rows, scored on the rest.
+
+    Picks the sparsest equation whose validation NRMSE is within `selection_tolerance` of the best
+    (or under `target_nrmse`), then refits its threshold on all rows.
+    """
+    val = ~train
+    scale = max(float(y[train].std()), 1e-12)
+    candidates = []
+    for library in libraries:
+        for threshold in config.thresholds:
+            optimizer = pysindy.STLSQ(threshold=threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=50)
+            optimizer.fit(library.X[train], y[train])
+            coef = optimizer.coef_.reshape(-1)
+            nrmse = float(np.sqrt(np.mean((library.X[val] @ coef - y[val]) ** 2)) / scale)
+            candidates.append(SparseFit(library, coef, threshold, nrmse))
+    best = min(c.validation_nrmse for c in candidates)
+    good_enough = max(config.selection_tolerance * best, config.target_nrmse)
+    chosen = min((c for c in candidates if c.validation_nrmse <= good_enough), key=lambda c: (c.num_terms, c.validation_nrmse))
+    optimizer = pysindy.STLSQ(threshold=chosen.threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=50)
+    optimizer.fit(chosen.library.X, y)
+    return SparseFit(chosen.library, optimizer.coef_.reshape(-1), chosen.threshold, chosen.validation_nrmse)
+
+
+def training_rows(trace: Trace, fraction: float, seed: int) -> np.ndarray:
+    """(N,) bool mask: True for transitions of the episodes kept for fitting."""
+    rng = np.random.default_rng(seed)
+    held = rng.random(trace.num_episodes) < fraction
+    if held.all() or not held.any():
+        held = np.zeros(trace.num_episodes, bool)
+        held[rng.integers(trace.num_episodes)] = trace.num_episodes > 1
+    return ~held[trace.episode]
+
+
+def format_sum(fit_row: np.ndarray, names: list[str]) -> str:
+    """`c0 + c1 * term1 - c2 * term2 ...` of the nonzero coefficients."""
+    parts = []
+    for c, name in zip(fit_row, names):
+        if c == 0.0:
+            continue
+        magnitude = f"{abs(c):.9g}"
+        body = magnitude if name == "1" else f"{magnitude} * {name}"
+        parts.append(("- " if c < 0 else "+ ") + body)
+    if not parts:
+        return "0.0"
+    text = " ".join(parts)
+    return text[2:] if text.startswith("+ ") else "-" + text[2:]
+
+
+def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.ndarray, config: SymbolicWriterConfig) -> str:
+    """A torch boolean expression over next-state coordinate names (and `abs_*`) for `terminal`."""
+    if not terminated.any():
+        return "torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)"
+    if terminated.all():
+        return "torch.ones(state.shape[0], dtype=torch.bool, device=state.device)"
+    q = coords.from_obs(next_obs)
+    names = [name for name, _ in coords.layout]
+    X = np.concatenate([q, np.abs(q)], axis=1)
+    feature_names = names + [f"abs_{n}" for n in names]
+    tree = DecisionTreeClassifier(max_depth=config.termination_max_depth, random_state=config.seed).fit(X, terminated)
+    t = tree.tree_
+    leaves = []
+
+    def walk(node: int, path: list[str]) -> None:
+        if t.children_left[node] == -1:
+            if tree.classes_[np.argmax(t.value[node][0])]:
+                leaves.append(" & ".join(path) if path else "True")
+            return
+        name, threshold = feature_names[t.feature[node]], f"{t.threshold[node]:.9g}"
+        walk(t.children_left[node], path + [f"({name} <= {threshold})"])
+        walk(t.children_right[node], path + [f"({name} > {threshold})"])
+
+    walk(0, [])
+    if not leaves:
+        return "torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)"
+    return " | ".join(f"({leaf})" if " & " in leaf and len(leaves) > 1 else leaf for leaf in leaves)
+
+
+class SymbolicWriter:
+    """Trace -> sim source by sparse regression (see module docstring)."""
+
+    name = "symbolic"
+
+    def __init__(self, config: SymbolicWriterConfig):
+        self.config = config
+
+    def write(self, trace: Trace) -> str:
+        cfg = self.config
+        coords = Coordinates.detect(trace.obs, cfg.angle_tolerance)
+        q = coords.from_obs(trace.obs)
+        rows = training_rows(trace, cfg.validation_fraction, cfg.seed)
+
+        def libraries(degree: int) -> list[Library]:
+            return [
+                Library.build(name, base_features(coords, q, trace.action, trace.action_space, trig=name == "trigonometric"), degree)
+                for name in ("polynomial", "trigonometric")
+            ]
+
+        change = coords.change(trace.obs, trace.next_obs)
+        dynamics_libraries = libraries(cfg.degree)
+        dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg) for d in range(change.shape[1])]
+        reward = fit_sparse(libraries(cfg.reward_degree), trace.reward.astype(np.float64), rows, cfg)
+        terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg)
+        return render_source(trace, coords, dynamics, reward, terminal, cfg)
+
+
+def max_episode_steps(trace: Trace, default: int) -> int:
+    if trace.max_episode_steps:
+        return int(trace.max_episode_steps)
+    lengths = np.diff(np.append(trace.episode_starts(), len(trace)))
+    truncated = trace.truncated[np.append(trace.episode_starts()[1:], len(trace)) - 1]
+    return int(lengths[truncated].max()) if truncated.any() else default
+
+
+def signed(expression: str) -> str:
+    """`a - b` -> `+ a - b`, `-a + b` -> `- a + b`: for appending to another expression."""
+    return f"- {expression[1:]}" if expression.startswith("-") else f"+ {expression}"
+
+
+def format_float(value: float) -> str:
+    return f"{value:.9g}"
+
+
+def helper_lines(fits: list[SparseFit]) -> list[str]:
+    """Assignments of the sines, cosines and action indicators that `fits` use, each once."""
+    used = set().union(*(fit.used_names() for fit in fits))
+    lines, seen = [], set()
+    for fit in fits:
+        for feature in fit.library.features:
+            if feature.name in used and feature.name not in seen and feature.code != feature.name:
+                lines.append(f"    {feature.name} = {feature.code}")
+                seen.add(feature.name)
+    return lines
+
+
+def render_source(
+    trace: Trace,
+    coords: Coordinates,
+    dynamics: list[SparseFit],
+    reward: SparseFit,
+    terminal: str,
+    cfg: SymbolicWriterConfig,
+) -> str:
+    names = [name for name, _ in coords.layout]
+    q_start = coords.from_obs(trace.obs[trace.episode_starts()])
+    obs_low = [float(np.clip(v, -3.0e38, 3.0e38)) for v in trace.observation_space.low]
+    obs_high = [float(np.clip(v, -3.0e38, 3.0e38)) for v in trace.observation_space.high]
+
+    unpack = []
+    for name, idx in coords.layout:
+        unpack.append(f"    {name} = torch.atan2(state[:, {idx[1]}], state[:, {idx[0]}])" if len(idx) == 2 else f"    {name} = state[:, {idx[0]}]")
+    to_obs = []
+    for name, idx in coords.layout:
+        to_obs += [f"torch.cos({name})", f"torch.sin({name})"] if len(idx) == 2 else [name]
+    equations = [
+        f"    {name} = {name} {signed(format_sum(fit.coef, fit.library.term_names))}"
+        + f"  # {fit.num_terms} terms, {fit.library.name}, validation NRMSE {fit.validation_nrmse:.2g}"
+        for name, fit in zip(names, dynamics)
+    ]
+    abs_lines = [f"    abs_{name} = torch.abs({name})" for name in names if f"abs_{name}" in terminal]
+    horizon = max_episode_steps(trace, cfg.default_max_episode_steps)
+    angles = f"; obs dims {list(coords.angle_starts)} and the next are (cos, sin) of an angle" if coords.angle_starts else ""
+    header = f'''"""Dream sim of {trace.name}, written by the symbolic writer from {len(trace):,} transitions ({trace.num_episodes} episodes).
+
+Coordinates {", ".join(names)}{angles}.
+Dynamics: each coordinate's one-step change, by sparse regression (STLSQ) over candidate terms.
+Reward: the same regression on the state before the step and the action.
+Termination: a decision tree on the next state's coordinates and their magnitudes.
+"""
+'''
+    lines = [
+        header,
+        "import torch",
+        "",
+        f"OBSERVATION_LOW = {obs_low}",
+        f"OBSERVATION_HIGH = {obs_high}",
+        f"ACTION_SPACE = {space_to_dict(trace.action_space)!r}",
+        f"MAX_EPISODE_STEPS = {horizon}",
+        "",
+        "# Episode starts are drawn uniformly from the box that the session's starts span (coordinates).",
+        f"INITIAL_LOW = {[float(format_float(v)) for v in q_start.min(axis=0)]}",
+        f"INITIAL_HIGH = {[float(format_float(v)) for v in q_start.max(axis=0)]}",
+        "",
+        "",
+        f"def to_observation({', '.join(names)}):",
+        '    """Coordinates (n,) each -> (n, O) observations, clipped to the observation space."""',
+        f"    obs = torch.stack([{', '.join(to_obs)}], dim=-1)",
+        "    low = torch.tensor(OBSERVATION_LOW, device=obs.device)",
+        "    high = torch.tensor(OBSERVATION_HIGH, device=obs.device)",
+        "    return torch.clamp(obs, low, high)",
+        "",
+        "",
+        "def initial(rng, n):",
+        "    low = torch.tensor(INITIAL_LOW, device=rng.device)",
+        "    high = torch.tensor(INITIAL_HIGH, device=rng.device)",
+        f"    q = low + (high - low) * torch.rand(n, {len(names)}, generator=rng, device=rng.device)",
+        "    return to_observation(*q.unbind(-1))",
+        "",
+        "",
+        "def transition(state, action, rng):",
+        *unpack,
+        *helper_lines(dynamics),
+        *equations,
+        f"    return to_observation({', '.join(names)})",
+        "",
+        "",
+        "def observation(state, rng):",
+        "    return state",
+        "",
+        "",
+        "def reward(state, action, next_state, rng):",
+        *[line for line, name in zip(unpack, names) if name in reward.used_names()],
+        *helper_lines([reward]),
+        f"    value = {format_sum(reward.coef, reward.library.term_names)}",
+        "    return value * torch.ones(state.shape[0], device=state.device)",
+        "",
+        "",
+        "def terminal(state, rng):",
+        *[line for line, name in zip(unpack, names) if name in terminal],
+        *abs_lines,
+        f"    return {terminal}",
+        "",
+    ]
+    return "\n".join(lines)
