@@ -38,7 +38,7 @@ FORBIDDEN_ATTRIBUTES = frozenset(
     "load loads save dump dumps tofile fromfile from_file numpy ctypes storage untyped_storage "
     "share_memory_ format format_map hub ops jit compile classes utils multiprocessing distributed "
     "cuda library backends serialization package onnx export fx profiler testing random "
-    "manual_seed seed initial_seed get_rng_state set_rng_state fork_rng".split()
+    "manual_seed seed initial_seed get_rng_state set_rng_state fork_rng use_deterministic_algorithms".split()
 )
 FORBIDDEN_ATTRIBUTE_PREFIXES = ("set_",)
 
@@ -271,10 +271,13 @@ class _Checker(ast.NodeVisitor):
             self.check_name(node, node.name)
         self.generic_visit(node)
 
-    def visit_Assign(self, node: ast.Assign) -> None:
-        if self.parents.get(node) is not None and isinstance(self.parents[node], ast.Module):
-            for target in node.targets:
+    def visit_Assign(self, node: ast.Assign | ast.AnnAssign) -> None:
+        if isinstance(self.parents.get(node), ast.Module):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
                 names = target.elts if isinstance(target, ast.Tuple) else [target]
                 if not all(isinstance(name, ast.Name) for name in names):
                     self.report(node, "module-level assignments may bind only plain names")
         self.generic_visit(node)
+
+    visit_AnnAssign = visit_Assign

@@ -81,7 +81,7 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
                              "static check only (no process started)", time.monotonic() - start, name)
     with tempfile.TemporaryDirectory(prefix="dreamer-sandbox-") as workdir:
         arrays = {key: getattr(held_out, key) for key in
-                  ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")}
+                  ("obs", "action", "reward", "next_obs", "terminated", "episode")}
         np.savez(Path(workdir) / "held_out.npz", **arrays)
         request = {
             "name": name,
@@ -120,7 +120,7 @@ def _worker_env(home: str) -> dict[str, str]:
 def _set_limits(config: SandboxConfig) -> None:
     """Runs in the forked child before exec; never raises the hard limits already in force."""
     output_bytes = int(config.max_output_mb * 2**20)
-    for limit, value, hard in (
+    for limit, value, hard in ((resource.RLIMIT_AS, config.memory_mb * 2**20, config.memory_mb * 2**20),
                                (resource.RLIMIT_CPU, config.cpu_s, config.cpu_s + 1),
                                (resource.RLIMIT_FSIZE, output_bytes, output_bytes),
                                (resource.RLIMIT_CORE, 0, 0)):
@@ -180,7 +180,8 @@ def _run_worker(request: bytes, workdir: str, config: SandboxConfig) -> tuple[di
                         break
                     output += chunk
                     if len(output) > cap:
-                        failure = f"worker wrote more than max_output_mb={config.max_output_mb} MB to stdout and was killed"
+                        failure = (f"worker wrote more than max_output_mb={config.max_output_mb} MB to stdout "
+                                   f"and was killed")
         if failure is None and not _exited(process.pid, deadline):
             failure = f"worker timed out after {config.timeout_s} s (wall clock) and was killed"
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,27 +178,44 @@ def term_name(features: list[Feature], term: tuple[int, ...]) -> str:
     return "*".join(features[i].name for i in term) if term else "1"
 
 
-def fit_sparse(libraries: list[Library], y: np.ndarray, train: np.ndarray, config: SymbolicWriterConfig) -> SparseFit:
+def unsaturated(next_obs: np.ndarray, space: spaces.Box) -> np.ndarray:
+    """(N,) False where some next observation sits on a finite bound of the observation space.
+
+    Such values were clipped by the env, and the clipping feeds into the other coordinates too;
+    the emitted sim clips to the same bounds, so the regression fits the law on the other rows.
+    """
+    at_low = np.isfinite(space.low) & np.isclose(next_obs, space.low, rtol=0.0, atol=1e-6)
+    at_high = np.isfinite(space.high) & np.isclose(next_obs, space.high, rtol=0.0, atol=1e-6)
+    return ~(at_low | at_high).any(axis=1)
+
+
+def fit_sparse(
+    libraries: list[Library], y: np.ndarray, train: np.ndarray, config: SymbolicWriterConfig, usable: np.ndarray | None = None
+) -> SparseFit:
     """STLSQ of `y` (N,) on each library at each threshold, fitted on `train` rows, scored on the rest.
 
-    Picks the sparsest equation whose validation NRMSE is within `selection_tolerance` of the best
-    (or under `target_nrmse`), then refits its threshold on all rows.
+    Only `usable` rows (default: all) enter the fit and the score. Picks the sparsest equation
+    whose validation NRMSE is within `selection_tolerance` of the best (or under `target_nrmse`),
+    then refits at its threshold on every usable row.
     """
-    val = ~train
+    usable = np.ones(len(y), dtype=bool) if usable is None else usable
+    train, val = train & usable, ~train & usable
     scale = max(float(y[train].std()), 1e-12)
     candidates = []
     for library in libraries:
         for threshold in config.thresholds:
-            optimizer = pysindy.STLSQ(threshold=threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=50)
-            optimizer.fit(library.X[train], y[train])
+            optimizer = pysindy.STLSQ(threshold=threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=20)
+            with warnings.catch_warnings():  # a threshold that removes every term is a fine candidate
+                warnings.simplefilter("ignore", UserWarning)
+                optimizer.fit(library.X[train], y[train])
             coef = optimizer.coef_.reshape(-1)
             nrmse = float(np.sqrt(np.mean((library.X[val] @ coef - y[val]) ** 2)) / scale)
             candidates.append(SparseFit(library, coef, threshold, nrmse))
     best = min(c.validation_nrmse for c in candidates)
     good_enough = max(config.selection_tolerance * best, config.target_nrmse)
     chosen = min((c for c in candidates if c.validation_nrmse <= good_enough), key=lambda c: (c.num_terms, c.validation_nrmse))
-    optimizer = pysindy.STLSQ(threshold=chosen.threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=50)
-    optimizer.fit(chosen.library.X, y)
+    optimizer = pysindy.STLSQ(threshold=chosen.threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=20)
+    optimizer.fit(chosen.library.X[usable], y[usable])
     return SparseFit(chosen.library, optimizer.coef_.reshape(-1), chosen.threshold, chosen.validation_nrmse)
 
 
@@ -276,8 +294,9 @@ class SymbolicWriter:
             ]
 
         change = coords.change(trace.obs, trace.next_obs)
+        inside = unsaturated(trace.next_obs, trace.observation_space)
         dynamics_libraries = libraries(cfg.degree)
-        dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg) for d in range(change.shape[1])]
+        dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg, inside) for d in range(change.shape[1])]
         reward = fit_sparse(libraries(cfg.reward_degree), trace.reward.astype(np.float64), rows, cfg)
         terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg)
         return render_source(trace, coords, dynamics, reward, terminal, cfg)

@@ -1,0 +1,62 @@
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dreamer.config import build
+from dreamer.sandbox import check_source
+from dreamer.sim import FuncSim
+from dreamer.traces import collect_trace
+from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
+from dreamer.writers.symbolic import Coordinates
+
+
+@pytest.fixture(scope="module")
+def writer() -> SymbolicWriter:
+    config = OmegaConf.load("conf/writer/symbolic.yaml")
+    config.seed = 0
+    return SymbolicWriter(build(SymbolicWriterConfig, config, "writer", ignore=("name",)))
+
+
+def one_step_nrmse(sim: FuncSim, held_out) -> np.ndarray:
+    """(O,) RMSE of predicted next obs / std of the real one-step change, per dimension."""
+    with torch.no_grad():
+        pred = sim.transition(torch.as_tensor(held_out.obs), torch.as_tensor(held_out.action), torch.Generator()).numpy()
+    rmse = np.sqrt(np.mean((pred - held_out.next_obs) ** 2, axis=0))
+    return rmse / (held_out.next_obs - held_out.obs).std(axis=0)
+
+
+def test_cartpole_sim_is_faithful_on_held_out_episodes(writer):
+    train, held_out = collect_trace(gymnasium.make("CartPole-v1"), 5000, seed=0).split(0.2, seed=0)
+    source = writer.write(train)
+    assert check_source(source, "cartpole.py") == []
+    sim = FuncSim.from_source(source)
+    assert one_step_nrmse(sim, held_out).mean() <= 0.01
+    terminal = sim.terminal(torch.as_tensor(held_out.next_obs), torch.Generator()).numpy()
+    assert (terminal == held_out.terminated).mean() >= 0.99
+    reward = sim.reward(torch.as_tensor(held_out.obs), torch.as_tensor(held_out.action), None, torch.Generator())
+    np.testing.assert_allclose(reward.numpy(), held_out.reward, atol=1e-5)
+    assert sim.max_episode_steps == 500  # from the recording env's time limit
+
+
+def test_pendulum_angles_are_found_and_the_dynamics_recovered(writer):
+    train, held_out = collect_trace(gymnasium.make("Pendulum-v1"), 3000, seed=1).split(0.2, seed=0)
+    assert Coordinates.detect(train.obs, 1e-3).angle_starts == (0,)
+    source = writer.write(train)
+    assert "torch.atan2(state[:, 1], state[:, 0])" in source
+    sim = FuncSim.from_source(source)
+    assert one_step_nrmse(sim, held_out).mean() <= 0.01
+    reward = sim.reward(torch.as_tensor(held_out.obs), torch.as_tensor(held_out.action), None, torch.Generator())
+    scale = held_out.reward.std()
+    assert np.sqrt(np.mean((reward.numpy() - held_out.reward) ** 2)) / scale <= 0.01
+    assert not sim.terminal(torch.as_tensor(held_out.next_obs), torch.Generator()).any()
+
+
+def test_written_initial_states_stay_in_the_box_of_episode_starts(writer):
+    trace = collect_trace(gymnasium.make("CartPole-v1"), 2000, seed=2)
+    sim = FuncSim.from_source(writer.write(trace))
+    starts = trace.obs[trace.episode_starts()]
+    states = sim.initial(torch.Generator().manual_seed(0), 4096).numpy()
+    assert (states >= starts.min(0) - 1e-6).all() and (states <= starts.max(0) + 1e-6).all()
+    assert (states.max(0) - states.min(0) > 0.9 * (starts.max(0) - starts.min(0))).all()
