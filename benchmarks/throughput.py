@@ -36,6 +36,7 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
 import dreamer
 from dreamer.artifacts import write_json
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--envs", type=int, nargs="+", default=[1024, 16384], help="vector sizes for the raw step figures")
     parser.add_argument("--seconds", type=float, default=3.0, help="wall budget of each raw step measurement (s)")
     parser.add_argument("--ppo-updates", type=int, default=3, help="timed PPO updates on each env (after one warm-up update)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (and BLAS threads) for the whole run; default: torch's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default benchmarks/results/throughput-<device>-<timestamp>.json); never overwritten")
@@ -334,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or default_out(device)
     if out.exists():
         raise SystemExit(f"{out} exists; this benchmark never overwrites a result (choose another --out)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     started = dt.datetime.now(dt.timezone.utc)
     torch.manual_seed(args.seed)
 
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": started.isoformat(timespec="seconds"),
         "seed": args.seed,
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
-        "settings": {"device": str(device), "envs": args.envs, "seconds": args.seconds, "ppo_updates": args.ppo_updates,
+        "settings": {"device": str(device), "threads": torch.get_num_threads(), "envs": args.envs, "seconds": args.seconds, "ppo_updates": args.ppo_updates,
                      "trace_steps": TRACE_STEPS, "real_ppo_envs": REAL_PPO_ENVS},
         "hardware": hardware(device),
         "dream_sim": meta,

@@ -4,7 +4,7 @@ Each round records real steps (or loads the trace file), writes a sim from the s
 episodes, validates it in the sandbox against the held-out episodes, and trains PPO in vectorized
 copies of the accepted sim. The final policy is evaluated in the real env. The run dir holds
 `trace.jsonl`, `env/<name>.py`, `env/report.json` (earlier rounds under `env/round_<r>/`),
-`policy/`, `metrics.json` and Hydra's `.hydra/config.yaml`.
+`policy/`, `metrics.json` and the resolved `config.yaml`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -65,7 +65,7 @@ def summary_table(metrics: dict) -> Table:
         ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}"),
         ("one-step obs NRMSE (held out)", f"{fidelity.get('obs_nrmse_mean', float('nan')):.4g}"),
         ("termination accuracy (held out)", f"{fidelity.get('termination_accuracy', float('nan')):.4g}"),
-        ("real return", "n/a (no real env)" if metrics["real_return_mean"] is None
+        ("real return", "not evaluated" if metrics["real_return_mean"] is None
          else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
         ("wall time", f"{metrics['wall_seconds']:.0f} s"),
     ]
@@ -79,12 +79,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     if (run_dir / "metrics.json").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
-    torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     writer = SymbolicWriter(build(SymbolicWriterConfig, cfg.writer, "writer", ignore=("name",)))
     sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")
     ppo_config = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
     policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(cfg.seed)
     logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
 
     if cfg.trace.source == "env":

@@ -1,0 +1,74 @@
+"""End to end: `python -m dreamer.train` with tiny budgets, and the config's start-up checks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dreamer import load_policy, load_sim, load_trace
+from dreamer.traces import collect_trace, save_trace
+
+CONF = str((__import__("pathlib").Path(__file__).parents[1] / "conf").resolve())
+TINY = ["logger=none", "algo.progress=false", "algo.total_steps=4096", "algo.num_envs=32", "algo.num_steps=32", "eval.episodes=2"]
+METRIC_KEYS = {
+    "real_env_steps", "dream_env_steps", "real_return_mean", "real_return_std", "real_eval_episodes",
+    "fidelity", "accepted", "writer", "wall_seconds", "seed",
+}
+
+
+def train(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dreamer.train", *overrides], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_default_run_writes_a_complete_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    done = train(*TINY, "trace.steps_per_round=[400,400]", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= metrics.keys()
+    assert metrics["accepted"] is True and metrics["writer"] == "symbolic"
+    assert metrics["real_env_steps"] == 800 and metrics["real_eval_episodes"] == 2
+    assert metrics["dream_env_steps"] == 2 * 4096
+    assert metrics["fidelity"]["obs_nrmse_mean"] < 0.05
+    assert len(load_trace(run_dir / "trace.jsonl")) == 800
+    assert load_sim(run_dir).action_space.n == 2
+    assert json.loads((run_dir / "env" / "report.json").read_text())["accepted"] is True
+    assert (run_dir / "env" / "round_0" / "dream.py").is_file()
+    policy = load_policy(run_dir)
+    assert policy.act([0.0, 0.0, 0.0, 0.0]) in (0, 1)
+    assert "What the dream bought" in done.stderr
+    # A finished run dir is never overwritten.
+    again = train(*TINY, "trace.steps_per_round=[400]", f"hydra.run.dir={run_dir}")
+    assert again.returncode != 0 and "already holds a finished run" in again.stderr
+
+
+@pytest.mark.slow
+def test_from_trace_trains_without_a_live_env(tmp_path):
+    import gymnasium
+
+    path = save_trace(collect_trace(gymnasium.make("CartPole-v1"), 1500, seed=4), tmp_path / "session.jsonl")
+    run_dir = tmp_path / "run"
+    done = train("+experiment=from_trace", f"trace.path={path}", *TINY, f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["real_return_mean"] is None and metrics["real_eval_episodes"] == 0
+    assert metrics["real_env_steps"] == 1500 and metrics["accepted"] is True
+    assert (run_dir / "policy" / "policy.pt").is_file()
+
+
+def test_unknown_config_key_fails_before_any_work(tmp_path):
+    done = train(*TINY, "+algo.learning_rat=0.1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode != 0
+    assert "algo.learning_rat" in done.stderr and "allowed keys" in done.stderr
+    assert not (tmp_path / "run" / "trace.jsonl").exists()
+
+
+@pytest.mark.parametrize("experiment, env_id", [("cartpole", "CartPole-v1"), ("pendulum", "Pendulum-v1"), (None, "CartPole-v1")])
+def test_experiments_compose_as_written(experiment, env_id):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={experiment}"] if experiment else [])
+    assert cfg.trace.env_id == env_id and cfg.eval.env_id == env_id
+    assert sum(cfg.trace.steps_per_round) <= (10_000 if env_id == "Pendulum-v1" else 5_000)
