@@ -116,9 +116,15 @@ class SimVectorEnv(VectorEnv):
         truncated = (self._steps >= sim.max_episode_steps) & ~terminated
         done = terminated | truncated
         info: dict[str, Any] = {"final_obs": obs, "_final_obs": done}
-        # Branch-free reset (no device sync): fresh states are drawn for every row, kept where done.
-        next_state = torch.where(done[:, None], sim.initial(rng, self.num_envs), next_state)
-        obs = torch.where(done[:, None], sim.observation(next_state, rng), obs)
+        if self.device.type == "cpu":  # draw fresh states for the finished rows only
+            rows = done.nonzero().squeeze(1)
+            if rows.numel():
+                next_state, obs = next_state.clone(), obs.clone()
+                next_state[rows] = sim.initial(rng, rows.numel())
+                obs[rows] = sim.observation(next_state[rows], rng)
+        else:  # no host sync: fresh states for every row, kept where done
+            next_state = torch.where(done[:, None], sim.initial(rng, self.num_envs), next_state)
+            obs = torch.where(done[:, None], sim.observation(next_state, rng), obs)
         self._steps.masked_fill_(done, 0)
         self._state = next_state
         return obs, reward, terminated, truncated, info

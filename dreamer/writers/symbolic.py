@@ -16,9 +16,11 @@ What it fits, on the trace's transitions, assuming nothing about which environme
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,33 +192,45 @@ def unsaturated(next_obs: np.ndarray, space: spaces.Box) -> np.ndarray:
 
 
 def fit_sparse(
-    libraries: list[Library], y: np.ndarray, train: np.ndarray, config: SymbolicWriterConfig, usable: np.ndarray | None = None
+    libraries: list[Callable[[], Library]],
+    y: np.ndarray,
+    train: np.ndarray,
+    config: SymbolicWriterConfig,
+    usable: np.ndarray | None = None,
 ) -> SparseFit:
-    """STLSQ of `y` (N,) on each library at each threshold, fitted on `train` rows, scored on the rest.
+    """STLSQ of `y` (N,) at each threshold, fitted on `train` rows and scored on the others.
 
-    Only `usable` rows (default: all) enter the fit and the score. Picks the sparsest equation
-    whose validation NRMSE is within `selection_tolerance` of the best (or under `target_nrmse`),
-    then refits at its threshold on every usable row.
+    Libraries are tried from simplest to richest; a richer one only when no equation so far
+    reaches `target_nrmse`. Only `usable` rows (default: all) enter the fit and the score. Picks
+    the sparsest equation whose validation NRMSE is within `selection_tolerance` of the best (or
+    under `target_nrmse`), then refits at its threshold on every usable row.
     """
     usable = np.ones(len(y), dtype=bool) if usable is None else usable
     train, val = train & usable, ~train & usable
     scale = max(float(y[train].std()), 1e-12)
-    candidates = []
-    for library in libraries:
+    candidates: list[SparseFit] = []
+    for make_library in libraries:
+        library = make_library()
         for threshold in config.thresholds:
-            optimizer = pysindy.STLSQ(threshold=threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=20)
-            with warnings.catch_warnings():  # a threshold that removes every term is a fine candidate
-                warnings.simplefilter("ignore", UserWarning)
-                optimizer.fit(library.X[train], y[train])
-            coef = optimizer.coef_.reshape(-1)
+            coef = stlsq(library.X[train], y[train], threshold, config.ridge_alpha)
             nrmse = float(np.sqrt(np.mean((library.X[val] @ coef - y[val]) ** 2)) / scale)
             candidates.append(SparseFit(library, coef, threshold, nrmse))
+        if min(c.validation_nrmse for c in candidates) <= config.target_nrmse:
+            break
     best = min(c.validation_nrmse for c in candidates)
     good_enough = max(config.selection_tolerance * best, config.target_nrmse)
     chosen = min((c for c in candidates if c.validation_nrmse <= good_enough), key=lambda c: (c.num_terms, c.validation_nrmse))
-    optimizer = pysindy.STLSQ(threshold=chosen.threshold, alpha=config.ridge_alpha, normalize_columns=True, max_iter=20)
-    optimizer.fit(chosen.library.X[usable], y[usable])
-    return SparseFit(chosen.library, optimizer.coef_.reshape(-1), chosen.threshold, chosen.validation_nrmse)
+    coef = stlsq(chosen.library.X[usable], y[usable], chosen.threshold, config.ridge_alpha)
+    return SparseFit(chosen.library, coef, chosen.threshold, chosen.validation_nrmse)
+
+
+def stlsq(X: np.ndarray, y: np.ndarray, threshold: float, alpha: float) -> np.ndarray:
+    """(F,) coefficients by pysindy's STLSQ on unit-norm columns."""
+    optimizer = pysindy.STLSQ(threshold=threshold, alpha=alpha, normalize_columns=True, max_iter=20)
+    with warnings.catch_warnings():  # a threshold that removes every term is a fine candidate
+        warnings.simplefilter("ignore", UserWarning)
+        optimizer.fit(X, y)
+    return optimizer.coef_.reshape(-1)
 
 
 def training_rows(trace: Trace, fraction: float, seed: int) -> np.ndarray:
@@ -287,10 +301,15 @@ class SymbolicWriter:
         q = coords.from_obs(trace.obs)
         rows = training_rows(trace, cfg.validation_fraction, cfg.seed)
 
-        def libraries(degree: int) -> list[Library]:
+        def libraries(degree: int) -> list[Callable[[], Library]]:
+            """Polynomial, then trigonometric; each built once, on first use."""
             return [
-                Library.build(name, base_features(coords, q, trace.action, trace.action_space, trig=name == "trigonometric"), degree)
-                for name in ("polynomial", "trigonometric")
+                functools.cache(lambda trig=trig: Library.build(
+                    "trigonometric" if trig else "polynomial",
+                    base_features(coords, q, trace.action, trace.action_space, trig=trig),
+                    degree,
+                ))
+                for trig in (False, True)
             ]
 
         change = coords.change(trace.obs, trace.next_obs)
@@ -341,15 +360,22 @@ def render_source(
 ) -> str:
     names = [name for name, _ in coords.layout]
     q_start = coords.from_obs(trace.obs[trace.episode_starts()])
-    obs_low = [float(np.clip(v, -3.0e38, 3.0e38)) for v in trace.observation_space.low]
-    obs_high = [float(np.clip(v, -3.0e38, 3.0e38)) for v in trace.observation_space.high]
+    obs_space = trace.observation_space
+    obs_low = [float(np.clip(v, -3.0e38, 3.0e38)) for v in obs_space.low]
+    obs_high = [float(np.clip(v, -3.0e38, 3.0e38)) for v in obs_space.high]
 
     unpack = []
     for name, idx in coords.layout:
         unpack.append(f"    {name} = torch.atan2(state[:, {idx[1]}], state[:, {idx[0]}])" if len(idx) == 2 else f"    {name} = state[:, {idx[0]}]")
     to_obs = []
     for name, idx in coords.layout:
-        to_obs += [f"torch.cos({name})", f"torch.sin({name})"] if len(idx) == 2 else [name]
+        if len(idx) == 2:
+            to_obs += [f"torch.cos({name})", f"torch.sin({name})"]
+        elif np.isfinite(obs_space.low[idx[0]]) or np.isfinite(obs_space.high[idx[0]]):
+            to_obs.append(f"{name}.clamp(OBSERVATION_LOW[{idx[0]}], OBSERVATION_HIGH[{idx[0]}])")
+        else:
+            to_obs.append(name)
+    starts = [f"INITIAL_LOW[{d}] + (INITIAL_HIGH[{d}] - INITIAL_LOW[{d}]) * u[:, {d}]" for d in range(len(names))]
     equations = [
         f"    {name} = {name} {signed(format_sum(fit.coef, fit.library.term_names))}"
         + f"  # {fit.num_terms} terms, {fit.library.name}, validation NRMSE {fit.validation_nrmse:.2g}"
@@ -382,17 +408,14 @@ Termination: a decision tree on the next state's coordinates and their magnitude
         "",
         f"def to_observation({', '.join(names)}):",
         '    """Coordinates (n,) each -> (n, O) observations, clipped to the observation space."""',
-        f"    obs = torch.stack([{', '.join(to_obs)}], dim=-1)",
-        "    low = torch.tensor(OBSERVATION_LOW, device=obs.device)",
-        "    high = torch.tensor(OBSERVATION_HIGH, device=obs.device)",
-        "    return torch.clamp(obs, low, high)",
+        f"    return torch.stack([{', '.join(to_obs)}], dim=-1)",
         "",
         "",
         "def initial(rng, n):",
-        "    low = torch.tensor(INITIAL_LOW, device=rng.device)",
-        "    high = torch.tensor(INITIAL_HIGH, device=rng.device)",
-        f"    q = low + (high - low) * torch.rand(n, {len(names)}, generator=rng, device=rng.device)",
-        "    return to_observation(*q.unbind(-1))",
+        f"    u = torch.rand(n, {len(names)}, generator=rng, device=rng.device)",
+        "    return to_observation(",
+        *[f"        {start}," for start in starts],
+        "    )",
         "",
         "",
         "def transition(state, action, rng):",
