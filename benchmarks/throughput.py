@@ -40,7 +40,7 @@ from threadpoolctl import threadpool_limits
 
 import dreamer
 from dreamer.artifacts import write_json
-from dreamer.config import build
+from dreamer.config import build, resolve_device
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, train_ppo
 from dreamer.rl.ppo import TorchVectorEnv
 from dreamer.sandbox import SandboxConfig, load_sim, validate
@@ -67,15 +67,6 @@ console = Console()
 
 # ---------------------------------------------------------------------------------------------
 # Setup
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: this machine has no CUDA device (use --device cpu or auto)")
-    return device
 
 
 def sync(device: torch.device) -> None:

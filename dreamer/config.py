@@ -7,6 +7,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 T = TypeVar("T")
@@ -37,3 +38,13 @@ def build(kind: type[T], values: Mapping[str, Any], where: str, ignore: tuple[st
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
             values[key] = build(hints[key], value, f"{where}.{key}")
     return kind(**values)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a cuda device on a machine without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this machine has no CUDA device; use device=cpu or device=auto")
+    return resolved

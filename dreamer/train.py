@@ -10,6 +10,7 @@ copies of the accepted sim. The final policy is evaluated in the real env. The r
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import gymnasium
@@ -22,37 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamer.artifacts import write_json, write_text
-from dreamer.config import build, to_plain
+from dreamer.config import build, resolve_device, to_plain
 from dreamer.loggers import make_logger
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim, validate
 from dreamer.sim import SimVectorEnv
-from dreamer.traces import Trace, TraceRecorder, load_trace, save_trace
+from dreamer.traces import TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
 
 console = Console(stderr=True)
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; a cuda device on a machine without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this machine has no CUDA device; use device=cpu or device=auto")
-    return resolved
-
-
-def record_round(recorder: TraceRecorder, num_steps: int, seed: int, policy: MLPPolicy | None) -> Trace:
-    """Act `num_steps` real steps (at random, or sampling `policy`); the whole session so far."""
-    recorder.action_space.seed(seed)
-    obs, _ = recorder.reset(seed=seed)
-    for _ in range(num_steps):
-        action = recorder.action_space.sample() if policy is None else policy.act(obs, deterministic=False)
-        obs, _, terminated, truncated, _ = recorder.step(action)
-        if terminated or truncated:
-            obs, _ = recorder.reset()
-    return recorder.trace()
 
 
 def summary_table(metrics: dict) -> Table:
@@ -105,7 +84,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if num_steps is not None:
             console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {num_steps:,} real steps in {cfg.trace.env_id}"
                           f" acting {'at random' if policy is None else 'with the dream policy'}")
-            session = record_round(recorder, num_steps, cfg.seed + r, policy)
+            behaviour = None if policy is None else partial(policy.act, deterministic=False)
+            session = record_steps(recorder, num_steps, cfg.seed + r, behaviour)
         train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
         source = writer.write(train_trace)
         round_dir = env_dir if last else env_dir / f"round_{r}"

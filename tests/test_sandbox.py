@@ -220,11 +220,14 @@ def test_config_names_unknown_and_missing_keys(config):
     assert SandboxConfig.from_dict(values) == config
     values["colour"] = "red"
     del values["kstep"]
-    with pytest.raises(ValueError, match=r"unknown keys \['colour'\], missing keys \['kstep'\]"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['sandbox.colour'\]; allowed keys: \[.*'kstep'"):
+        SandboxConfig.from_dict(values)
+    del values["colour"]
+    with pytest.raises(ValueError, match=r"missing config key\(s\) \['sandbox.kstep'\]"):
         SandboxConfig.from_dict(values)
     values = config.to_dict()
     del values["thresholds"]["max_kstep_nrmse"]
-    with pytest.raises(ValueError, match=r"thresholds: unknown keys \[\], missing keys \['max_kstep_nrmse'\]"):
+    with pytest.raises(ValueError, match=r"missing config key\(s\) \['sandbox.thresholds.max_kstep_nrmse'\]"):
         SandboxConfig.from_dict(values)
 
 

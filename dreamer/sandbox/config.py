@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from dreamer.config import build
 
 
 @dataclass(frozen=True)
@@ -37,35 +37,19 @@ class SandboxConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SandboxConfig:
         """From a dict or DictConfig with exactly the dataclass fields (thresholds nested)."""
-        values = _plain(values)
-        thresholds = _plain(values.get("thresholds", {}))
-        _check_keys("sandbox config", values, cls)
-        _check_keys("sandbox config thresholds", thresholds, FidelityThresholds)
+        config = build(cls, values, "sandbox")
         for key in ("memory_mb", "cpu_s", "seed", "kstep", "batch_check_size", "rollout_envs", "rollout_steps"):
-            if not isinstance(values[key], int) or isinstance(values[key], bool):
-                raise ValueError(f"sandbox config: {key} must be an int, got {values[key]!r}")
+            value = getattr(config, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"sandbox.{key} must be an int, got {value!r}")
         for key in ("timeout_s", "max_output_mb"):
-            if not isinstance(values[key], int | float) or values[key] <= 0:
-                raise ValueError(f"sandbox config: {key} must be a positive number, got {values[key]!r}")
-        for key, value in thresholds.items():
+            value = getattr(config, key)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"sandbox.{key} must be a positive number, got {value!r}")
+        for key, value in asdict(config.thresholds).items():
             if value is not None and not isinstance(value, int | float):
-                raise ValueError(f"sandbox config: thresholds.{key} must be a number or null, got {value!r}")
-        return cls(**{**values, "thresholds": FidelityThresholds(**thresholds)})
+                raise ValueError(f"sandbox.thresholds.{key} must be a number or null, got {value!r}")
+        return config
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _plain(values) -> dict:
-    if isinstance(values, DictConfig):
-        return OmegaConf.to_container(values, resolve=True)
-    if isinstance(values, Mapping):
-        return dict(values)
-    raise ValueError(f"sandbox config: expected a mapping, got {type(values).__name__}")
-
-
-def _check_keys(what: str, values: dict, kind: type) -> None:
-    expected = {f.name for f in fields(kind)}
-    unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
-    if unknown or missing:
-        raise ValueError(f"{what}: unknown keys {unknown}, missing keys {missing}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import dreamer
+from dreamer.artifacts import write_json
 from dreamer.sandbox.config import SandboxConfig
 from dreamer.sandbox.static import check_source
 from dreamer.sim.contract import space_to_dict
@@ -57,13 +58,9 @@ class SandboxReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        """Write JSON atomically (a temp file in the same folder, then os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-            json.dump(self.to_dict(), file, indent=2, allow_nan=False)
-        os.replace(file.name, path)
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (NaN/inf as null)."""
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> SandboxReport:

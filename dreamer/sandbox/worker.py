@@ -30,6 +30,7 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector.utils import batch_space
 
+from dreamer.artifacts import finite_or_none
 from dreamer.sandbox.config import SandboxConfig
 from dreamer.sandbox.static import check_source
 from dreamer.sim import FuncSim, SimEnv, SimVectorEnv
@@ -269,15 +270,6 @@ def fidelity_failures(figures: dict, config: SandboxConfig) -> list[str]:
     return failures
 
 
-def _json_safe(value):
-    """NaN and infinities (not JSON) become None; their failures are already in the reasons."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def run_suite(request: dict) -> dict:
     """Every check of the module docstring; a raising check fails with its traceback."""
     config = SandboxConfig.from_dict(request["config"])
@@ -323,7 +315,7 @@ def run_suite(request: dict) -> dict:
     reasons = [reason for name, check in ran.items() if not check.passed
                for reason in (check.reasons or [f"{name} failed: {check.detail.strip().splitlines()[-1][:300]}"])]
     return {"checks": {name: {"passed": c.passed, "detail": c.detail} for name, c in checks.items()},
-            "fidelity": {key: _json_safe(value) for key, value in figures.items()}, "reasons": reasons}
+            "fidelity": finite_or_none(figures), "reasons": reasons}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Recorded sessions: the Trace, its JSONL and NPZ files, and a Gymnasium recorder."""
 
-from dreamer.traces.recorder import TraceRecorder, collect_trace
+from dreamer.traces.recorder import TraceRecorder, collect_trace, record_steps
 from dreamer.traces.storage import load_trace, save_trace
 from dreamer.traces.trace import Trace, TraceError, TraceSummary, TraceWarning
 
@@ -12,5 +12,6 @@ __all__ = [
     "TraceWarning",
     "collect_trace",
     "load_trace",
+    "record_steps",
     "save_trace",
 ]

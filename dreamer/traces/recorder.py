@@ -95,13 +95,19 @@ def collect_trace(
 
     The env is reset with `seed` first and again whenever an episode ends.
     """
+    return record_steps(TraceRecorder(env), num_steps, seed, policy)
+
+
+def record_steps(
+    recorder: TraceRecorder, num_steps: int, seed: int, policy: Callable[[np.ndarray], Any] | None = None
+) -> Trace:
+    """`num_steps` more steps through `recorder`, as `collect_trace`; returns all it has recorded."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    recorder = TraceRecorder(env)
-    env.action_space.seed(seed)
+    recorder.action_space.seed(seed)
     obs, _ = recorder.reset(seed=seed)
     for _ in range(num_steps):
-        obs, _, terminated, truncated, _ = recorder.step(env.action_space.sample() if policy is None else policy(obs))
+        obs, _, terminated, truncated, _ = recorder.step(recorder.action_space.sample() if policy is None else policy(obs))
         if terminated or truncated:
             obs, _ = recorder.reset()
     return recorder.trace()
