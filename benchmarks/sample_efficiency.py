@@ -74,7 +74,7 @@ def main() -> None:
                       f"{row['real_return_mean']:.1f} ± {row['real_return_std']:.1f}", f"{row['real_env_steps']:,}",
                       f"{row['dream_env_steps']:,}", f"{row['obs_nrmse_mean']:.4f}", f"{row['wall_seconds']:.0f}",
                       f"{'met' if row['target_met'] else 'MISSED'} (≥{min_return:g} / ≤{max_steps:,} / ≤{max_seconds:g} s)")
-    Console().print(table)
+    Console(width=160).print(table)
     hardware = {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()}
     out = write_json(root / "summary.json", {"date": stamp, "hardware": hardware, "targets": TARGETS, "runs": rows})
     print(f"written: {out}")

@@ -203,7 +203,7 @@ def fit_sparse(
     Libraries are tried from simplest to richest; a richer one only when no equation so far
     reaches `target_nrmse`. Only `usable` rows (default: all) enter the fit and the score. Picks
     the sparsest equation whose validation NRMSE is within `selection_tolerance` of the best (or
-    under `target_nrmse`), then refits at its threshold on every usable row.
+    under `target_nrmse`), then refits its terms by least squares on every usable row.
     """
     usable = np.ones(len(y), dtype=bool) if usable is None else usable
     train, val = train & usable, ~train & usable
@@ -220,7 +220,10 @@ def fit_sparse(
     best = min(c.validation_nrmse for c in candidates)
     good_enough = max(config.selection_tolerance * best, config.target_nrmse)
     chosen = min((c for c in candidates if c.validation_nrmse <= good_enough), key=lambda c: (c.num_terms, c.validation_nrmse))
-    coef = stlsq(chosen.library.X[usable], y[usable], chosen.threshold, config.ridge_alpha)
+    support = chosen.coef != 0
+    coef = np.zeros_like(chosen.coef)
+    if support.any():
+        coef[support] = np.linalg.lstsq(chosen.library.X[usable][:, support], y[usable], rcond=None)[0]
     return SparseFit(chosen.library, coef, chosen.threshold, chosen.validation_nrmse)
 
 
@@ -378,7 +381,7 @@ def render_source(
     starts = [f"INITIAL_LOW[{d}] + (INITIAL_HIGH[{d}] - INITIAL_LOW[{d}]) * u[:, {d}]" for d in range(len(names))]
     equations = [
         f"    {name} = {name} {signed(format_sum(fit.coef, fit.library.term_names))}"
-        + f"  # {fit.num_terms} terms, {fit.library.name}, validation NRMSE {fit.validation_nrmse:.2g}"
+        + f"  # {fit.num_terms} term{'s' * (fit.num_terms != 1)}, {fit.library.name}, validation NRMSE {fit.validation_nrmse:.2g}"
         for name, fit in zip(names, dynamics)
     ]
     abs_lines = [f"    abs_{name} = torch.abs({name})" for name in names if f"abs_{name}" in terminal]
