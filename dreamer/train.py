@@ -68,10 +68,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
 
     if cfg.trace.source == "env":
+        rounds = list(cfg.trace.steps_per_round or [])
+        if not rounds or any(not isinstance(steps, int) or steps < 1 for steps in rounds):
+            raise ValueError(f"trace.steps_per_round must be a non-empty list of positive ints, got {rounds}")
         recorder = TraceRecorder(gymnasium.make(cfg.trace.env_id))
-        rounds = list(cfg.trace.steps_per_round)
     elif cfg.trace.source == "file":
         session = load_trace(cfg.trace.path)
+        save_trace(session, run_dir / "trace.jsonl")
         rounds = [None]
     else:
         raise ValueError(f"trace.source must be 'env' or 'file', got {cfg.trace.source!r}")
@@ -86,6 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                           f" acting {'at random' if policy is None else 'with the dream policy'}")
             behaviour = None if policy is None else partial(policy.act, deterministic=False)
             session = record_steps(recorder, num_steps, cfg.seed + r, behaviour)
+            save_trace(session, run_dir / "trace.jsonl")
         train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
         source = writer.write(train_trace)
         round_dir = env_dir if last else env_dir / f"round_{r}"
@@ -110,10 +114,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                            progress=cfg.algo.progress)
         dream_steps += result.env_steps
         sps = result.steps_per_second
-        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, "
-                      f"dream return {result.episode_return_mean}")
+        dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
+        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 
-    save_trace(session, run_dir / "trace.jsonl")
     returns = None
     if report.accepted:
         policy.cpu().save(run_dir / "policy")

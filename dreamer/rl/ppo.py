@@ -117,7 +117,7 @@ def train_ppo(
     episode_return = torch.zeros(num_envs, device=device)
     result = PPOResult(env_steps=0, updates=0, episodes=0, episode_return_mean=None, steps_per_second=0.0)
     start = time.perf_counter()
-    bar = tqdm(total=num_updates * batch_size, unit="step", unit_scale=True, disable=not progress, leave=False)
+    bar = tqdm(total=num_updates * batch_size, unit="step", unit_scale=True, disable=not progress, leave=False, mininterval=1.0)
 
     for update in range(num_updates):
         if config.anneal_lr:
