@@ -72,3 +72,28 @@ def test_experiments_compose_as_written(experiment, env_id):
         cfg = compose("config", overrides=[f"+experiment={experiment}"] if experiment else [])
     assert cfg.trace.env_id == env_id and cfg.eval.env_id == env_id
     assert sum(cfg.trace.steps_per_round) <= (10_000 if env_id == "Pendulum-v1" else 5_000)
+
+
+@pytest.mark.slow
+def test_a_rejected_sim_ends_the_run_with_its_reasons(tmp_path):
+    run_dir = tmp_path / "run"
+    done = train(*TINY, "trace.steps_per_round=[400]", "sandbox.thresholds.max_obs_nrmse=1e-12", f"hydra.run.dir={run_dir}")
+    assert done.returncode != 0 and "the sandbox rejected the written sim" in done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["accepted"] is False and metrics["dream_env_steps"] == 0
+    assert any("max_obs_nrmse" in reason for reason in metrics["reasons"])
+    assert json.loads((run_dir / "env" / "report.json").read_text())["accepted"] is False
+    assert not (run_dir / "policy").exists()
+    with pytest.raises(ValueError, match="rejected"):
+        load_sim(run_dir)  # a rejected sim is never loaded in-process
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_refused():
+    import torch
+
+    from dreamer.config import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
