@@ -6,8 +6,10 @@ What it fits, on the trace's transitions, assuming nothing about which environme
   (`cos θ, sin θ`, Gymnasium's convention) are read as one angle θ;
 - dynamics: each coordinate's one-step change as a sparse sum of candidate terms (monomials up to
   `degree` of the coordinates, their sines and cosines, and the action), fitted by sequentially
-  thresholded least squares (pysindy's STLSQ); the threshold is chosen on held-back episodes as the
-  sparsest model within `selection_tolerance` of the best validation error;
+  thresholded least squares (pysindy's STLSQ): per coordinate, the sparsest equation whose error on
+  held-back episodes is within `selection_tolerance` of the best (the polynomial library first, the
+  trigonometric one only when needed), its terms then refitted on every row; rows where the env
+  clipped an observation to its bound are left out, and the sim clips to the same bounds;
 - reward: the same regression on the state before the step and the action;
 - termination: a shallow decision tree on the next state's coordinates and their magnitudes;
 - initial states: uniform over the box the episode starts span, per coordinate;
