@@ -37,7 +37,10 @@ def build(kind: type[T], values: Mapping[str, Any], where: str, ignore: tuple[st
     for key, value in values.items():
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
             values[key] = build(hints[key], value, f"{where}.{key}")
-    return kind(**values)
+    try:
+        return kind(**values)
+    except ValueError as error:  # a dataclass's own check of its values
+        raise ValueError(f"{where}: {error}") from error
 
 
 def resolve_device(device: str) -> torch.device:

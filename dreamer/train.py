@@ -58,6 +58,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     if (run_dir / "metrics.json").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise ValueError(f"config value(s) {missing} must be set, e.g. python -m dreamer.train {missing[0]}=...")
     device = resolve_device(cfg.device)
     writer = SymbolicWriter(build(SymbolicWriterConfig, cfg.writer, "writer", ignore=("name",)))
     sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")

@@ -66,6 +66,12 @@ def test_unknown_config_key_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run" / "trace.jsonl").exists()
 
 
+def test_from_trace_without_a_path_names_the_missing_value(tmp_path):
+    done = train("+experiment=from_trace", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode != 0 and "['trace.path'] must be set" in done.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 @pytest.mark.parametrize("experiment, env_id", [("cartpole", "CartPole-v1"), ("pendulum", "Pendulum-v1"), (None, "CartPole-v1")])
 def test_experiments_compose_as_written(experiment, env_id):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):

@@ -44,6 +44,14 @@ class PPOConfig:
     norm_adv: bool
     reward_scale: float       # rewards are multiplied by this for learning (returns are logged unscaled)
 
+    def __post_init__(self):
+        for key in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError(f"num_envs * num_steps = {self.num_envs * self.num_steps} must be divisible by "
+                             f"num_minibatches = {self.num_minibatches}")
+
 
 @dataclass
 class PPOResult:
