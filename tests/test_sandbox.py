@@ -198,8 +198,15 @@ def test_wrong_physics_fails_fidelity_with_the_figure(held_out, config):
     assert not report.accepted
     assert failed_checks(report) == {"fidelity"}
     assert report.fidelity["obs_nrmse_mean"] > config.thresholds.max_obs_nrmse
-    assert any(reason.startswith("fidelity: mean obs_nrmse = ") and "max_obs_nrmse = 0.05" in reason
+    assert any(reason.startswith("fidelity: mean obs_nrmse = ") and f"max_obs_nrmse = {config.thresholds.max_obs_nrmse}" in reason
                for reason in report.reasons), report.reasons
+    assert any("kstep_nrmse (k=10)" in reason for reason in report.reasons), report.reasons
+
+
+def test_a_subtly_wrong_constant_fails_the_open_loop_figure(held_out, config):
+    report = validate(edit("GRAVITY = 9.8", "GRAVITY = 3.0"), held_out, config, name="low_gravity")
+    assert not report.accepted
+    assert report.fidelity["kstep_nrmse"] > config.thresholds.max_kstep_nrmse
     assert any("kstep_nrmse (k=10)" in reason for reason in report.reasons), report.reasons
 
 
