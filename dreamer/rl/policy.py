@@ -7,7 +7,6 @@ A saved policy is a folder: `policy.pt` (a state dict, loaded with `weights_only
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
+from dreamer.artifacts import atomic_path, write_json
 from dreamer.sim.contract import space_from_dict, space_to_dict
 
 
@@ -118,11 +118,9 @@ class MLPPolicy(nn.Module):
             "action_space": space_to_dict(self.action_space),
             "config": asdict(self.config),
         }
-        state = {key: value.detach().cpu() for key, value in self.state_dict().items()}
-        torch.save(state, folder / "policy.pt.tmp")
-        os.replace(folder / "policy.pt.tmp", folder / "policy.pt")
-        (folder / "policy.json.tmp").write_text(json.dumps(meta, indent=2))
-        os.replace(folder / "policy.json.tmp", folder / "policy.json")
+        with atomic_path(folder / "policy.pt") as tmp:
+            torch.save({key: value.detach().cpu() for key, value in self.state_dict().items()}, tmp)
+        write_json(folder / "policy.json", meta)
         return folder
 
 

@@ -9,15 +9,14 @@ with `dreamer.rl.ppo.TorchVectorEnv`): truncated episodes are bootstrapped with 
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 
 import gymnasium
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector import VectorWrapper
+from gymnasium.vector import AutoresetMode, VectorWrapper
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -154,8 +153,9 @@ def train_ppo(
 
         # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
         with torch.no_grad():
-            final_values = policy.value(final_obs_buf.reshape(-1, obs_dim)).reshape(T, num_envs)
-            rewards = rewards_buf + config.gamma * final_values * truncated_buf
+            rewards = rewards_buf.clone()
+            truncated = truncated_buf.bool()
+            rewards[truncated] += config.gamma * policy.value(final_obs_buf[truncated])
             next_value = policy.value(obs)
             advantages = torch.zeros_like(rewards)
             last_gae = torch.zeros(num_envs, device=device)

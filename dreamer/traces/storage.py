@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from dreamer.artifacts import atomic_path
 from dreamer.traces.jsonl import read_jsonl, write_jsonl
 from dreamer.traces.npz import read_npz, write_npz
 from dreamer.traces.trace import Trace, TraceError
@@ -32,12 +32,6 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     """Write `trace` atomically (a temporary file in the same folder, then `os.replace`); returns `path`."""
     path = Path(path)
     _, write = _format(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(trace, Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary:
+        write(trace, temporary)
     return path
