@@ -16,7 +16,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
-from dreamer.artifacts import atomic_path, write_json
+from dreamer.artifacts import atomic_path, write_text
 from dreamer.sim.contract import space_from_dict, space_to_dict
 
 
@@ -120,7 +120,7 @@ class MLPPolicy(nn.Module):
         }
         with atomic_path(folder / "policy.pt") as tmp:
             torch.save({key: value.detach().cpu() for key, value in self.state_dict().items()}, tmp)
-        write_json(folder / "policy.json", meta)
+        write_text(folder / "policy.json", json.dumps(meta, indent=2))  # keeps infinite bounds (Infinity)
         return folder
 
 
