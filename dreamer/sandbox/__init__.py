@@ -3,7 +3,7 @@
 from dreamer.sandbox.config import FidelityThresholds, SandboxConfig
 from dreamer.sandbox.loading import load_sim
 from dreamer.sandbox.static import UnsafeSourceError, Violation, check_source
-from dreamer.sandbox.validate import SandboxReport, validate
+from dreamer.sandbox.validate import SandboxReport, validate, validate_many
 
 __all__ = [
     "FidelityThresholds",
@@ -14,4 +14,5 @@ __all__ = [
     "check_source",
     "load_sim",
     "validate",
+    "validate_many",
 ]

@@ -17,33 +17,71 @@ class FidelityThresholds:
     max_reward_nrmse: float | None  # reward RMSE / std(reward)
     min_termination_accuracy: float | None  # fraction of transitions whose terminal flag matches
     max_kstep_nrmse: float | None  # open-loop RMSE after `kstep` steps / std(obs), mean over dims
+    min_accuracy: float | None  # fraction of transitions right in state, reward and termination
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """When one held-out transition counts as right, in units of the trace's own spread."""
+
+    state: float  # every |predicted - real| next-obs dim <= state * std(next_obs - obs) of that dim
+    reward: float  # |predicted - real| reward <= reward * std(reward)
+
+
+@dataclass(frozen=True)
+class PlanningConfig:
+    """The planning check: CEM over open-loop action sequences inside the candidate."""
+
+    horizon: int  # steps; 0 turns the check off
+    samples: int  # action sequences per CEM iteration
+    iterations: int
+    starts: int  # held-out episode starts planned from
+    tolerance: float  # pass when planned >= best real `horizon`-step return - tolerance * max(1, |that|)
 
 
 @dataclass(frozen=True)
 class SandboxConfig:
     """Limits of the worker process and sizes of the validation suite."""
 
+    isolation: str  # "auto" (bubblewrap when it works here, else rlimits), "bwrap" or "rlimits"
     timeout_s: float  # wall clock for the whole worker; then its process group is killed
     memory_mb: int  # RLIMIT_AS of the worker (address space, so torch's import counts)
     cpu_s: int  # RLIMIT_CPU of the worker (SIGXCPU)
+    max_processes: int  # RLIMIT_NPROC headroom (processes and threads) over the user's current count
+    max_open_files: int  # RLIMIT_NOFILE of the worker
     max_output_mb: float  # stdout read cap, also RLIMIT_FSIZE (files, stderr log)
+    workers: int  # candidates validated at once, each in its own worker process
     seed: int  # seeds the rollouts and the random actions
     kstep: int  # horizon of the open-loop fidelity figure (steps)
     batch_check_size: int  # rows in the shape and batch-vs-row checks
     rollout_envs: int  # SimVectorEnv width of the determinism/finiteness rollout
     rollout_steps: int  # steps of that rollout
+    counterexamples: int  # worst-predicted held-out transitions returned in the report
+    tolerances: Tolerances
+    planning: PlanningConfig
     thresholds: FidelityThresholds
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SandboxConfig:
         """From a dict or DictConfig with exactly the dataclass fields (thresholds nested)."""
         config = build(cls, values, "sandbox")
-        for key in ("memory_mb", "cpu_s", "seed", "kstep", "batch_check_size", "rollout_envs", "rollout_steps"):
+        if config.isolation not in ("auto", "bwrap", "rlimits"):
+            raise ValueError(f"sandbox.isolation must be auto, bwrap or rlimits, got {config.isolation!r}")
+        for key in ("memory_mb", "cpu_s", "max_processes", "max_open_files", "workers", "seed", "kstep",
+                    "batch_check_size", "rollout_envs", "rollout_steps", "counterexamples"):
             value = getattr(config, key)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"sandbox.{key} must be an int, got {value!r}")
-        for key in ("timeout_s", "max_output_mb"):
-            value = getattr(config, key)
+        for key in ("workers", "max_processes", "max_open_files"):
+            if getattr(config, key) < 1:
+                raise ValueError(f"sandbox.{key} must be at least 1, got {getattr(config, key)}")
+        for key in ("planning.horizon", "planning.samples", "planning.iterations", "planning.starts"):
+            value = getattr(config.planning, key.split(".")[1])
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"sandbox.{key} must be a non-negative int, got {value!r}")
+        for key, value in (("timeout_s", config.timeout_s), ("max_output_mb", config.max_output_mb),
+                           ("tolerances.state", config.tolerances.state),
+                           ("tolerances.reward", config.tolerances.reward)):
             if not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"sandbox.{key} must be a positive number, got {value!r}")
         for key, value in asdict(config.thresholds).items():

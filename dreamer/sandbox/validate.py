@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,9 @@ class SandboxReport:
     isolation: str
     seconds: float
     name: str
+    # The worst-predicted held-out transitions, worst first: {"index", "obs", "action", "next_obs",
+    # "predicted_next_obs", "reward", "predicted_reward", "terminated", "predicted_terminated", "error"}
+    counterexamples: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +98,14 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
     checks = {"static": static, **result["checks"]}
     reasons = list(result["reasons"])
     accepted = not reasons and all(check["passed"] for check in checks.values())
-    return SandboxReport(accepted, reasons, checks, result["fidelity"], ISOLATION, time.monotonic() - start, name)
+    return SandboxReport(accepted, reasons, checks, result["fidelity"], ISOLATION, time.monotonic() - start, name,
+                         result.get("counterexamples", []))
+
+
+def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, names: list[str]) -> list[SandboxReport]:
+    """`validate` of each source, up to `config.workers` worker processes at once; reports in order."""
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        return list(pool.map(lambda pair: validate(pair[0], held_out, config, pair[1]), zip(sources, names)))
 
 
 def _worker_env(home: str) -> dict[str, str]:
