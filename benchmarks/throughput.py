@@ -123,7 +123,7 @@ def write_dream_sim(seed: int) -> tuple[FuncSim, dict]:
     train_trace, held_out = trace.split(trace_cfg.held_out_fraction, seed)
     t1 = time.perf_counter()
     writer = SymbolicWriter(build(SymbolicWriterConfig, load_conf("writer/symbolic.yaml", seed), "writer", ignore=("name",)))
-    source = writer.write(train_trace)
+    source = writer.draft(train_trace)
     t2 = time.perf_counter()
     report = validate(source, held_out, build(SandboxConfig, load_conf("sandbox/default.yaml", seed), "sandbox"), name="dream")
     t3 = time.perf_counter()

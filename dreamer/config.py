@@ -35,8 +35,9 @@ def build(kind: type[T], values: Mapping[str, Any], where: str, ignore: tuple[st
         raise ValueError(f"missing config key(s) {[f'{where}.{k}' for k in missing]}")
     hints = typing.get_type_hints(kind)
     for key, value in values.items():
-        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
-            values[key] = build(hints[key], value, f"{where}.{key}")
+        nested = [hint for hint in (typing.get_args(hints[key]) or (hints[key],)) if dataclasses.is_dataclass(hint)]
+        if nested and isinstance(value, Mapping):  # a dataclass field, or an optional one (`Config | None`)
+            values[key] = build(nested[0], value, f"{where}.{key}")
     try:
         return kind(**values)
     except ValueError as error:  # a dataclass's own check of its values

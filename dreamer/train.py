@@ -1,10 +1,11 @@
 """The dream loop: `python -m dreamer.train [+experiment=NAME] [overrides]`.
 
-Each round records real steps (or loads the trace file), writes a sim from the session's training
-episodes, validates it in the sandbox against the held-out episodes, and trains PPO in vectorized
-copies of the accepted sim. The final policy is evaluated in the real env. The run dir holds
-`trace.jsonl`, `env/<name>.py`, `env/report.json` (earlier rounds under `env/round_<r>/`),
-`policy/`, `metrics.json` and the resolved `config.yaml`.
+Each round records real steps (or loads the trace file), has the writer write a sim from the
+session's training episodes that the sandbox accepts on the held-out episodes, and trains PPO in
+vectorized copies of the accepted sim. The final policy is evaluated in the real env. The run dir
+holds `trace.jsonl`, `env/<name>.py`, `env/report.json`, the language-model writer's audit trail
+`env/search/` (earlier rounds under `env/round_<r>/`), `policy/`, `metrics.json` and the resolved
+`config.yaml`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, resolve_device, to_plain
 from dreamer.loggers import make_logger
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
-from dreamer.sandbox import SandboxConfig, load_sim, validate
+from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import SimVectorEnv
 from dreamer.traces import TraceRecorder, load_trace, record_steps, save_trace
-from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
+from dreamer.writers import WriteTask, make_writer
 
 console = Console(stderr=True)
 
@@ -61,7 +62,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if missing := sorted(OmegaConf.missing_keys(cfg)):
         raise ValueError(f"config value(s) {missing} must be set, e.g. python -m dreamer.train {missing[0]}=...")
     device = resolve_device(cfg.device)
-    writer = SymbolicWriter(build(SymbolicWriterConfig, cfg.writer, "writer", ignore=("name",)))
+    writer = make_writer(cfg.writer)
     sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")
     ppo_config = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
     policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
@@ -82,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise ValueError(f"trace.source must be 'env' or 'file', got {cfg.trace.source!r}")
 
     policy: MLPPolicy | None = None
-    dream_steps, sps, report = 0, 0.0, None
+    dream_steps, sps, written = 0, 0.0, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
         last = r == len(rounds) - 1
@@ -93,13 +94,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             session = record_steps(recorder, num_steps, cfg.seed + r, behaviour)
             save_trace(session, run_dir / "trace.jsonl")
         train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
-        source = writer.write(train_trace)
         round_dir = env_dir if last else env_dir / f"round_{r}"
-        write_text(round_dir / f"{cfg.sim.name}.py", source)
-        report = validate(source, held_out, sandbox_config, name=cfg.sim.name)
+        previous = written.source if written is not None else None
+        written = writer.write(WriteTask(train_trace, held_out, sandbox_config, cfg.sim.name, round_dir / "search",
+                                         previous))
+        report = written.report
+        write_text(round_dir / f"{cfg.sim.name}.py", written.source)
         report.save(round_dir / "report.json")
         fidelity = report.fidelity or {}
-        console.print(f"  writer={writer.name}: {'accepted' if report.accepted else 'REJECTED'} "
+        console.print(f"  writer={writer.name} ({written.label}): {'accepted' if report.accepted else 'REJECTED'} "
                       f"(one-step NRMSE {fidelity.get('obs_nrmse_mean', float('nan')):.3g}, "
                       f"termination accuracy {fidelity.get('termination_accuracy', float('nan')):.3g})")
         logger.log({f"fidelity/{k}": v for k, v in fidelity.items() if isinstance(v, int | float)}, dream_steps)
@@ -119,7 +122,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 
-    returns = None
+    returns, report = None, written.report
     if report.accepted:
         policy.cpu().save(run_dir / "policy")
         if cfg.eval.env_id:
@@ -129,6 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "accepted": report.accepted,
         "reasons": report.reasons,
         "writer": writer.name,
+        "sim_candidate": written.label,
         "seed": cfg.seed,
         "real_env_steps": len(session),
         "dream_env_steps": dream_steps,

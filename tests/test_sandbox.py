@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import resource
 from pathlib import Path
 
-import gymnasium
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from dreamer.sandbox import (
     SandboxConfig,
@@ -21,9 +18,7 @@ from dreamer.sandbox import (
     load_sim,
     validate,
 )
-from dreamer.traces import collect_trace
-
-validate_module = importlib.import_module("dreamer.sandbox.validate")  # the package's `validate` is the function
+from dreamer.sandbox.isolation import minimal_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = (ROOT / "tests" / "fixtures" / "cartpole_sim.py").read_text()
@@ -35,16 +30,6 @@ def edit(old: str, new: str) -> str:
     """The fixture sim with `old` (which must occur exactly once) replaced by `new`."""
     assert CARTPOLE.count(old) == 1, old
     return CARTPOLE.replace(old, new)
-
-
-@pytest.fixture(scope="module")
-def held_out():
-    return collect_trace(gymnasium.make("CartPole-v1"), 600, seed=0)
-
-
-@pytest.fixture(scope="module")
-def config() -> SandboxConfig:
-    return SandboxConfig.from_dict(OmegaConf.load(ROOT / "conf" / "sandbox" / "default.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +48,7 @@ def test_fixture_sim_is_accepted_with_near_zero_error(accepted):
     assert accepted.accepted, accepted.reasons
     assert accepted.reasons == []
     assert set(accepted.checks) == {"static", "loads", "spaces", "gymnasium_checker", "shapes_and_dtypes",
-                                    "batch_equals_rows", "deterministic", "finite", "fidelity"}
+                                    "rows_independent", "deterministic", "finite", "fidelity", "planning"}
     assert failed_checks(accepted) == set()
     assert accepted.fidelity["obs_nrmse_mean"] < 1e-4
     assert len(accepted.fidelity["obs_nrmse"]) == 4
@@ -71,7 +56,8 @@ def test_fixture_sim_is_accepted_with_near_zero_error(accepted):
     assert accepted.fidelity["termination_recall"] == 1.0
     assert accepted.fidelity["reward_nrmse"] < 1e-6
     assert accepted.fidelity["kstep_windows"] > 0 and accepted.fidelity["kstep_nrmse"] < 1e-4
-    assert accepted.isolation.startswith("subprocess+rlimits")
+    assert accepted.isolation.startswith(("bwrap (", "subprocess (")), accepted.isolation
+    assert "rlimits (AS 4096 MB, CPU 120 s, NPROC +64" in accepted.isolation
     assert accepted.name == "cartpole"
 
 
@@ -83,32 +69,7 @@ def test_report_save_load_roundtrip(accepted, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temp file left behind
 
 
-# --- rejected before any process starts ----------------------------------------------------------
-
-STATIC_CASES = {
-    "import os": (edit("import math\n", "import os\nimport math\n"), "import of `os`"),
-    "open": (edit(OBSERVATION_BODY, "    open('/etc/passwd')\n" + OBSERVATION_BODY), "name `open` is forbidden"),
-    "__import__": (edit(OBSERVATION_BODY, "    __import__('os').system('true')\n" + OBSERVATION_BODY),
-                   "name `__import__` is forbidden"),
-    "getattr dunder": (edit(OBSERVATION_BODY, "    getattr(state, '__class__')\n" + OBSERVATION_BODY),
-                       "name `getattr` is forbidden"),
-}
-
-
-@pytest.mark.parametrize("case", STATIC_CASES)
-def test_unsafe_source_is_rejected_without_a_process(case, held_out, config, monkeypatch):
-    source, message = STATIC_CASES[case]
-
-    def no_process(*args, **kwargs):
-        raise AssertionError("validate started a process for statically unsafe source")
-
-    monkeypatch.setattr(validate_module.subprocess, "Popen", no_process)
-    report = validate(source, held_out, config, name="bad")
-    assert not report.accepted
-    assert any(message in reason for reason in report.reasons), report.reasons
-    assert report.checks["static"]["passed"] is False
-    assert report.isolation.startswith("static check only")
-
+# --- rejected before any process starts (every hostile case: test_sandbox_hostile.py) ---------------
 
 def test_syntax_error_names_its_line(held_out, config):
     line = len(CARTPOLE.splitlines()) + 2
@@ -178,7 +139,7 @@ def test_memory_blowup_is_contained(held_out, config):
     source = source.replace("def initial(rng, n):\n", "def initial(rng, n):\n    big = torch.empty(1_500_000_000)\n")
     report = validate(source, held_out, config, name="hog")
     assert not report.accepted
-    assert "allocate 200000000000 bytes" in report.checks["batch_equals_rows"]["detail"]
+    assert "allocate 200000000000 bytes" in report.checks["rows_independent"]["detail"]
     assert "allocate 6000000000 bytes" in report.checks["finite"]["detail"]
     assert any("allocate" in reason for reason in report.reasons), report.reasons
     assert resource.getrlimit(resource.RLIMIT_AS) == limits_before  # the limits were the worker's only
@@ -241,7 +202,7 @@ def test_config_names_unknown_and_missing_keys(config):
 def test_worker_env_drops_secrets(monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-hidden-value")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp-hidden-value")
-    env = validate_module._worker_env(str(tmp_path))
+    env = minimal_env(tmp_path)
     assert "hidden-value" not in json.dumps(env)
     assert env["HOME"] == str(tmp_path)
     assert (Path(env["PYTHONPATH"]) / "dreamer" / "__init__.py").exists()

@@ -103,3 +103,20 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_llm_writer_replays_recorded_completions_end_to_end(tmp_path):
+    examples = (__import__("pathlib").Path(__file__).parents[1] / "examples" / "completions" / "cartpole").resolve()
+    run_dir = tmp_path / "run"
+    done = train("+experiment=cartpole", "writer=llm", "writer.backend=replay", f"writer.replay_dir={examples}",
+                 "writer.cache_dir=null", *TINY, "trace.steps_per_round=[1000,1000]", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["accepted"] is True and metrics["writer"] == "llm"
+    assert metrics["sim_candidate"] == "previous", "round 2 keeps round 1's sim: it still fits the new data"
+    search = run_dir / "env" / "round_0" / "search"
+    assert json.loads((search / "selection.json").read_text())["chosen"] == "iter_2/candidate_1"
+    assert (search / "iter_1" / "candidate_4" / "completion.md").read_text() == (examples / "04.md").read_text()
+    assert json.loads((run_dir / "env" / "search" / "previous" / "report.json").read_text())["accepted"] is True
+    assert load_sim(run_dir).action_space.n == 2

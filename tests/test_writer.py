@@ -29,7 +29,7 @@ def one_step_nrmse(sim: FuncSim, held_out) -> np.ndarray:
 
 def test_cartpole_sim_is_faithful_on_held_out_episodes(writer):
     train, held_out = collect_trace(gymnasium.make("CartPole-v1"), 5000, seed=0).split(0.2, seed=0)
-    source = writer.write(train)
+    source = writer.draft(train)
     assert check_source(source, "cartpole.py") == []
     sim = FuncSim.from_source(source)
     assert one_step_nrmse(sim, held_out).mean() <= 0.01
@@ -43,7 +43,7 @@ def test_cartpole_sim_is_faithful_on_held_out_episodes(writer):
 def test_pendulum_angles_are_found_and_the_dynamics_recovered(writer):
     train, held_out = collect_trace(gymnasium.make("Pendulum-v1"), 3000, seed=1).split(0.2, seed=0)
     assert Coordinates.detect(train.obs, 1e-3).angle_starts == (0,)
-    source = writer.write(train)
+    source = writer.draft(train)
     assert "torch.atan2(state[:, 1], state[:, 0])" in source
     sim = FuncSim.from_source(source)
     assert one_step_nrmse(sim, held_out).mean() <= 0.01
@@ -55,7 +55,7 @@ def test_pendulum_angles_are_found_and_the_dynamics_recovered(writer):
 
 def test_written_initial_states_stay_in_the_box_of_episode_starts(writer):
     trace = collect_trace(gymnasium.make("CartPole-v1"), 2000, seed=2)
-    sim = FuncSim.from_source(writer.write(trace))
+    sim = FuncSim.from_source(writer.draft(trace))
     starts = trace.obs[trace.episode_starts()]
     states = sim.initial(torch.Generator().manual_seed(0), 4096).numpy()
     assert (states >= starts.min(0) - 1e-6).all() and (states <= starts.max(0) + 1e-6).all()

@@ -8,7 +8,9 @@ The rules (each breach is one `Violation`):
 * no reflective or I/O builtins (`eval`, `open`, `getattr`, `type`, ...);
 * no `global`/`nonlocal`, `class`, `async`/`await`, `with`;
 * no attribute that reaches files, processes, the network, serialization, JIT/native code or global
-  torch state (`load`, `save`, `hub`, `jit`, `cuda`, `set_*`, `manual_seed`, `tofile`, `format`...);
+  torch state (`load`, `save`, `hub`, `jit`, `cuda`, `set_*`, `manual_seed`, `tofile`, `format`...),
+  nor frames, code or tracebacks (`gi_frame`, `f_back`, `f_globals`, `tb_frame`, `co_code`, ...: a
+  generator's frame walks up to the worker's globals and its `os`);
 * a chain rooted at an imported module (`torch.os`, `torch.nn.functional.torch.utils`) may reach
   only `math` and allowed `torch` modules, and a module may only be named through such a chain
   or bound to a plain name (`F = torch.nn.functional`): never passed, returned or stored.
@@ -40,7 +42,8 @@ FORBIDDEN_ATTRIBUTES = frozenset(
     "cuda library backends serialization package onnx export fx profiler testing random "
     "manual_seed seed initial_seed get_rng_state set_rng_state fork_rng use_deterministic_algorithms".split()
 )
-FORBIDDEN_ATTRIBUTE_PREFIXES = ("set_",)
+# set_*: global torch state; the rest: generator/coroutine/frame/traceback/code introspection.
+FORBIDDEN_ATTRIBUTE_PREFIXES = ("set_", "gi_", "cr_", "ag_", "f_", "tb_", "co_")
 
 FORBIDDEN_STATEMENTS = {
     ast.Global: "`global`", ast.Nonlocal: "`nonlocal`", ast.ClassDef: "`class`",
@@ -206,7 +209,7 @@ class _Checker(ast.NodeVisitor):
             self.report(node, f"attribute `.{node.attr}` starts with `_` (private/dunder access is forbidden)")
         elif _attribute_forbidden(node.attr):
             self.report(node, f"attribute `.{node.attr}` is forbidden (files, processes, serialization, "
-                              f"native code or global torch state)")
+                              f"native code, global torch state or frame introspection)")
         else:
             self.check_module_chain(node)
         self.generic_visit(node)

@@ -7,7 +7,8 @@ Reads one JSON request from stdin:
 
 runs the validation suite on the untrusted sim and writes one JSON result to stdout:
 
-    {"checks": {name: {"passed": bool, "detail": str}}, "fidelity": {figure: value}, "reasons": [str]}
+    {"checks": {name: {"passed": bool, "detail": str}}, "fidelity": {figure: value}, "reasons": [str],
+     "counterexamples": [transition dict, worst first]}
 
 The sim cannot write to the result: fd 1 is pointed at stderr before any sim code runs, and the
 result goes to a private duplicate of the original stdout.
@@ -35,10 +36,11 @@ from dreamer.sandbox.config import SandboxConfig
 from dreamer.sandbox.static import check_source
 from dreamer.sim import FuncSim, SimEnv, SimVectorEnv
 
-CHECKS = ("loads", "spaces", "gymnasium_checker", "shapes_and_dtypes", "batch_equals_rows",
-          "deterministic", "finite", "fidelity")
+CHECKS = ("loads", "spaces", "gymnasium_checker", "shapes_and_dtypes", "rows_independent",
+          "deterministic", "finite", "fidelity", "planning")
+SIGNIFICANT_DIGITS = 6  # of the numbers in counterexamples
 MAX_DETAIL_CHARS = 4000
-ROW_ATOL = 1e-5  # batch-vs-row tolerance (float32 kernels may differ in the last bits)
+ROW_ATOL = 1e-5  # rows_independent tolerance (float32 kernels may differ in the last bits)
 
 
 @dataclass
@@ -140,26 +142,29 @@ def check_shapes(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Chec
     return Check(not problems, "; ".join(problems) or f"all five functions keep the contract on a batch of {n}")
 
 
-def check_batch_equals_rows(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Check:
-    """transition/reward/terminal on held-out rows as one batch == each row alone (rng draws excluded)."""
-    n = min(config.batch_check_size, len(held_out.obs))
-    state, action = held_out.obs[:n], sim.action_tensor(held_out.action[:n], torch.device("cpu"))
-    rng = _generator(config.seed)
+def check_rows_independent(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Check:
+    """transition/reward/terminal of a row depend on that row alone: with the same rng seed, changing
+    the other rows of a batch leaves its outputs unchanged. Draws from `rng` are allowed (the same
+    seed and shape give each row the same draws); reductions or indexing across the batch are not."""
+    half = min(config.batch_check_size, len(held_out.obs)) // 2
+    state, action = held_out.obs[:2 * half], sim.action_tensor(held_out.action[:2 * half], torch.device("cpu"))
+    changed_state, changed_action = state.clone(), action.clone()
+    changed_state[:half], changed_action[:half] = state[half:], action[half:]
 
-    def outputs(rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        next_state = sim.transition(state[rows], action[rows], rng)
-        return (next_state, sim.reward(state[rows], action[rows], next_state, rng),
-                sim.terminal(next_state, rng))
+    def outputs(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rng = _generator(config.seed)
+        next_state = sim.transition(state, action, rng)
+        return next_state, sim.reward(state, action, next_state, rng), sim.terminal(next_state, rng)
 
-    batch = outputs(slice(0, n))
-    for row in range(n):
-        alone = outputs(slice(row, row + 1))
-        for function, whole, single in zip(("transition", "reward", "terminal"), batch, alone):
-            if not torch.allclose(whole[row:row + 1].double(), single.double(), rtol=ROW_ATOL, atol=ROW_ATOL,
-                                  equal_nan=True):
-                return Check(False, f"{function} of held-out row {row} differs between the batch of {n} "
-                                    f"({whole[row].tolist()}) and the row alone ({single[0].tolist()})")
-    return Check(True, f"{n} held-out rows match batched and alone")
+    for function, first, second in zip(("transition", "reward", "terminal"), outputs(state, action),
+                                       outputs(changed_state, changed_action)):
+        same = torch.isclose(first[half:].double(), second[half:].double(), rtol=ROW_ATOL, atol=ROW_ATOL,
+                             equal_nan=True).reshape(half, -1).all(-1)
+        if not same.all():
+            row = half + int(torch.nonzero(~same)[0])
+            return Check(False, f"{function} of held-out row {row} changed ({first[row].tolist()} -> "
+                                f"{second[row].tolist()}) when only the other rows of the batch of {2 * half} changed")
+    return Check(True, f"the outputs of {half} held-out rows do not depend on the other rows of their batch")
 
 
 def _rollout(sim: FuncSim, config: SandboxConfig) -> dict[str, torch.Tensor]:
@@ -208,22 +213,44 @@ def _scale(values: torch.Tensor) -> torch.Tensor:
     return torch.where(std > 0, std, torch.ones_like(std))
 
 
-def fidelity_figures(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> dict:
+@dataclass
+class Predictions:
+    """The sim's one-step predictions on every held-out transition (reward and terminal on the real next_obs)."""
+
+    next_obs: torch.Tensor  # (N, O)
+    reward: torch.Tensor  # (N,)
+    terminated: torch.Tensor  # (N,) bool
+    state_error: torch.Tensor  # (N, O) |predicted - real| next_obs / std(next_obs - obs) per dim
+    reward_error: torch.Tensor  # (N,) |predicted - real| reward / reward scale
+
+
+def predict(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Predictions:
+    h, rng = held_out, _generator(config.seed)
+    action = sim.action_tensor(h.action, torch.device("cpu"))
+    next_obs = sim.observation(sim.transition(h.obs, action, rng), rng)
+    reward = sim.reward(h.obs, action, h.next_obs, rng)
+    terminated = sim.terminal(h.next_obs, rng).bool()
+    return Predictions(next_obs, reward, terminated,
+                       (next_obs - h.next_obs).double().abs() / _scale(h.next_obs - h.obs),
+                       (reward.double() - h.reward.double()).abs() / _reward_scale(h.reward))
+
+
+def _reward_scale(reward: torch.Tensor) -> float:
+    """std(reward), or max(1, |mean|) for a (nearly) constant reward."""
+    std = float(reward.double().std(correction=0))
+    return std if std >= 1e-6 else max(1.0, abs(float(reward.double().mean())))
+
+
+def fidelity_figures(sim: FuncSim, held_out: HeldOut, config: SandboxConfig, p: Predictions) -> dict:
     """Held-out accuracy; the sim state is the observation. Reward and termination are scored on
     the real next_obs, so each figure measures one function."""
-    h, rng, k = held_out, _generator(config.seed), config.kstep
+    h, rng, k, tol = held_out, _generator(config.seed), config.kstep, config.tolerances
     action = sim.action_tensor(h.action, torch.device("cpu"))
-    predicted = sim.observation(sim.transition(h.obs, action, rng), rng)
-    obs_nrmse = _rmse(predicted - h.next_obs) / _scale(h.next_obs - h.obs)
-
-    reward = h.reward.double()
-    reward_rmse = float(_rmse((sim.reward(h.obs, action, h.next_obs, rng).double() - reward)[:, None]))
-    reward_std = float(reward.std(correction=0))
-    reward_nrmse = reward_rmse / (reward_std if reward_std >= 1e-6 else max(1.0, abs(float(reward.mean()))))
-
-    flagged = sim.terminal(h.next_obs, rng).bool()
-    termination_accuracy = float((flagged == h.terminated).double().mean())
-    termination_recall = float(flagged[h.terminated].double().mean()) if h.terminated.any() else None
+    obs_nrmse = p.state_error.pow(2).mean(0).sqrt()
+    reward_rmse = float(_rmse((p.reward.double() - h.reward.double())[:, None]))
+    termination_right = p.terminated == h.terminated
+    state_right = (p.state_error <= tol.state).all(-1)
+    reward_right = p.reward_error <= tol.reward
 
     # Windows (t, t+k) inside one episode with no termination among transitions t..t+k-2.
     starts = torch.arange(max(len(h.obs) - k + 1, 0))
@@ -241,19 +268,122 @@ def fidelity_figures(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> 
         "obs_nrmse": obs_nrmse.tolist(),
         "obs_nrmse_mean": float(obs_nrmse.mean()),
         "reward_rmse": reward_rmse,
-        "reward_nrmse": reward_nrmse,
-        "termination_accuracy": termination_accuracy,
-        "termination_recall": termination_recall,
+        "reward_nrmse": reward_rmse / _reward_scale(h.reward),
+        "termination_accuracy": float(termination_right.double().mean()),
+        "termination_recall": float(p.terminated[h.terminated].double().mean()) if h.terminated.any() else None,
+        "state_accuracy": float(state_right.double().mean()),
+        "reward_accuracy": float(reward_right.double().mean()),
+        "accuracy": float((state_right & reward_right & termination_right).double().mean()),
+        "state_tolerance": tol.state,
+        "reward_tolerance": tol.reward,
         "kstep": k,
         "kstep_windows": len(starts),
         "kstep_nrmse": kstep_nrmse,
     }
 
 
+def counterexamples(held_out: HeldOut, p: Predictions, config: SandboxConfig) -> list[dict]:
+    """Up to `config.counterexamples` wrong transitions, taken in turn from the worst in state,
+    in reward and in termination, so each kind of error the sim makes is shown."""
+    h, tol = held_out, config.tolerances
+    state_score = torch.nan_to_num((p.state_error / tol.state).amax(-1), nan=math.inf)
+    reward_score = torch.nan_to_num(p.reward_error / tol.reward, nan=math.inf)
+    rankings = [torch.argsort(score, descending=True, stable=True)[:int((score > 1).sum())].tolist()
+                for score in (state_score, reward_score)]
+    rankings.append(torch.nonzero(p.terminated != h.terminated).flatten().tolist())
+    chosen: list[int] = []
+    while len(chosen) < config.counterexamples and any(rankings):
+        for ranking in rankings:
+            while ranking and ranking[0] in chosen:
+                ranking.pop(0)
+            if ranking and len(chosen) < config.counterexamples:
+                chosen.append(ranking.pop(0))
+
+    def rounded(value: torch.Tensor):
+        if value.dtype == torch.bool:
+            return value.tolist()
+        return np.vectorize(lambda x: float(f"{x:.{SIGNIFICANT_DIGITS}g}"), otypes=[float])(
+            value.double().numpy()).tolist()
+
+    return [{
+        "index": i,
+        "episode": int(h.episode[i]),
+        "obs": rounded(h.obs[i]),
+        "action": rounded(h.action[i]) if h.action.is_floating_point() else int(h.action[i]),
+        "next_obs": rounded(h.next_obs[i]),
+        "predicted_next_obs": rounded(p.next_obs[i]),
+        "reward": rounded(h.reward[i]),
+        "predicted_reward": rounded(p.reward[i]),
+        "terminated": bool(h.terminated[i]),
+        "predicted_terminated": bool(p.terminated[i]),
+        "wrong": [part for part, wrong in (("state", state_score[i] > 1), ("reward", reward_score[i] > 1),
+                                           ("termination", p.terminated[i] != h.terminated[i])) if wrong],
+    } for i in chosen]
+
+
+def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Check, dict]:
+    """CEM over open-loop action sequences from held-out episode starts, inside the sim; it must
+    reach the best `horizon`-step return the trace shows from an episode start."""
+    plan, h = config.planning, held_out
+    first = torch.ones(len(h.episode), dtype=torch.bool)
+    first[1:] = h.episode[1:] != h.episode[:-1]
+    start_rows = torch.nonzero(first).flatten()
+    real_best = max(float(h.reward[row:row + plan.horizon][h.episode[row:row + plan.horizon] == h.episode[row]].sum())
+                    for row in start_rows.tolist())
+    starts = h.obs[start_rows[:plan.starts]]
+    n, samples, horizon = len(starts), plan.samples, plan.horizon
+    rng = _generator(config.seed)
+    space = sim.action_space
+    discrete = isinstance(space, spaces.Discrete)
+    if discrete:
+        probs = torch.full((n, horizon, int(space.n)), 1.0 / int(space.n))
+    else:
+        low, high = (torch.as_tensor(bound, dtype=torch.float32) for bound in (space.low, space.high))
+        low, high = torch.clamp(low, min=-1e3), torch.clamp(high, max=1e3)
+        mean = ((low + high) / 2).expand(n, horizon, -1).clone()
+        std = ((high - low) / 2).expand(n, horizon, -1).clone()
+    elites = max(2, samples // 10)
+    best = torch.full((n,), -math.inf, dtype=torch.float64)
+    for _ in range(max(plan.iterations, 1)):
+        if discrete:
+            actions = torch.multinomial(probs.repeat_interleave(samples, 0).reshape(-1, int(space.n)), 1,
+                                        generator=rng).reshape(n * samples, horizon)
+        else:
+            noise = torch.randn(n * samples, horizon, mean.shape[-1], generator=rng)
+            actions = torch.clamp(mean.repeat_interleave(samples, 0) + std.repeat_interleave(samples, 0) * noise,
+                                  low, high)
+        state = starts.repeat_interleave(samples, 0)
+        returns = torch.zeros(n * samples, dtype=torch.float64)
+        alive = torch.ones(n * samples, dtype=torch.bool)
+        for t in range(horizon):
+            next_state = sim.transition(state, actions[:, t], rng)
+            returns += torch.where(alive, sim.reward(state, actions[:, t], next_state, rng).double(), 0.0)
+            alive &= ~sim.terminal(next_state, rng).bool()
+            state = next_state
+        returns = torch.nan_to_num(returns, nan=-math.inf).reshape(n, samples)
+        best = torch.maximum(best, returns.amax(1))
+        top = returns.topk(elites, dim=1).indices  # (n, elites)
+        chosen = actions.reshape(n, samples, horizon, *actions.shape[2:])[torch.arange(n)[:, None], top]
+        if discrete:
+            counts = torch.nn.functional.one_hot(chosen, int(space.n)).double().mean(1)
+            probs = (0.2 * probs + 0.8 * counts).float()
+        else:
+            mean, std = chosen.mean(1), chosen.std(1) + 1e-3
+    planned = float(best.max())
+    needed = real_best - plan.tolerance * max(1.0, abs(real_best))
+    figures = {"planning_horizon": horizon, "planning_return": planned, "planning_real_best": real_best}
+    detail = (f"best planned {horizon}-step return {planned:.4g} from {n} held-out starts; "
+              f"the trace reached {real_best:.4g}, so at least {needed:.4g} is needed")
+    if not planned >= needed:
+        return Check(False, detail, [f"planning: {detail}"]), figures
+    return Check(True, detail), figures
+
+
 def fidelity_failures(figures: dict, config: SandboxConfig) -> list[str]:
     """One reason per threshold the figures miss (NaN misses every threshold; None is unmeasured)."""
     t = config.thresholds
     limits = (("mean obs_nrmse", figures["obs_nrmse_mean"], "max_obs_nrmse", t.max_obs_nrmse, "above"),
+              ("accuracy", figures["accuracy"], "min_accuracy", t.min_accuracy, "below"),
               ("reward_nrmse", figures["reward_nrmse"], "max_reward_nrmse", t.max_reward_nrmse, "above"),
               ("termination_accuracy", figures["termination_accuracy"], "min_termination_accuracy",
                t.min_termination_accuracy, "below"),
@@ -294,15 +424,26 @@ def run_suite(request: dict) -> dict:
         check, sim = check_loads(request["source"], request["name"])
         return check
 
+    examples: list[dict] = []
+
     def fidelity() -> Check:
-        figures.update(fidelity_figures(sim, held_out, config))
+        predictions = predict(sim, held_out, config)
+        figures.update(fidelity_figures(sim, held_out, config, predictions))
+        examples.extend(counterexamples(held_out, predictions, config))
         failures = fidelity_failures(figures, config)
         summary = ", ".join(f"{key} {figures[key]!r}" for key in
-                            ("obs_nrmse_mean", "reward_nrmse", "termination_accuracy", "kstep_nrmse"))
+                            ("obs_nrmse_mean", "reward_nrmse", "termination_accuracy", "accuracy", "kstep_nrmse"))
         return Check(not failures, "; ".join(failures) or f"within thresholds: {summary}", failures)
 
+    def planned() -> Check:
+        if config.planning.horizon == 0:
+            return Check(True, "off (sandbox.planning.horizon = 0)")
+        check, planning_figures = planning(sim, held_out, config)
+        figures.update(planning_figures)
+        return check
+
     suite = {"spaces": check_spaces, "gymnasium_checker": check_gymnasium, "shapes_and_dtypes": check_shapes,
-             "batch_equals_rows": check_batch_equals_rows, "deterministic": check_deterministic,
+             "rows_independent": check_rows_independent, "deterministic": check_deterministic,
              "finite": check_finite}
     guarded("loads", loads)
     with torch.no_grad():
@@ -310,12 +451,13 @@ def run_suite(request: dict) -> dict:
             if sim is None:
                 checks[name] = Check(False, "not run: the sim did not load")
             else:
-                guarded(name, fidelity if name == "fidelity" else lambda: suite[name](sim, held_out, config))
+                guarded(name, {"fidelity": fidelity, "planning": planned}.get(
+                    name, lambda: suite[name](sim, held_out, config)))
     ran = checks if sim is not None else {"loads": checks["loads"]}  # no reasons for checks not run
     reasons = [reason for name, check in ran.items() if not check.passed
                for reason in (check.reasons or [f"{name} failed: {check.detail.strip().splitlines()[-1][:300]}"])]
     return {"checks": {name: {"passed": c.passed, "detail": c.detail} for name, c in checks.items()},
-            "fidelity": finite_or_none(figures), "reasons": reasons}
+            "fidelity": finite_or_none(figures), "reasons": reasons, "counterexamples": finite_or_none(examples)}
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from dreamer.sim.contract import space_to_dict
 from dreamer.traces import Trace
+from dreamer.writers.protocol import Written, WriteTask
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,14 @@ class SymbolicWriter:
     def __init__(self, config: SymbolicWriterConfig):
         self.config = config
 
-    def write(self, trace: Trace) -> str:
+    def write(self, task: WriteTask) -> Written:
+        """One fit of the training episodes, judged by the sandbox (the previous round's sim is not
+        needed: refitting on all the data is cheap)."""
+        source = self.draft(task.train)
+        return Written(source, task.judge([source])[0], self.name)
+
+    def draft(self, trace: Trace) -> str:
+        """The sim source fitted to `trace`, not yet validated."""
         cfg = self.config
         coords = Coordinates.detect(trace.obs, cfg.angle_tolerance)
         q = coords.from_obs(trace.obs)

@@ -1,0 +1,84 @@
+"""How the sandbox scores a candidate: per-part accuracy with tolerances, counterexamples, row
+independence (with randomness allowed) and the planning check."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from dreamer.sandbox import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+CARTPOLE = (ROOT / "tests" / "fixtures" / "cartpole_sim.py").read_text()
+TERMINAL = "    return (state[:, 0].abs() > X_LIMIT) | (state[:, 2].abs() > THETA_LIMIT)"
+UNBIND = "    x, x_dot, theta, theta_dot = state.unbind(-1)\n"
+
+
+def edit(*pairs: str) -> str:
+    source = CARTPOLE
+    for old, new in zip(pairs[::2], pairs[1::2]):
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    return source
+
+
+def test_accuracy_is_reported_per_part_with_its_tolerances(held_out, config):
+    strict = dataclasses.replace(config, thresholds=dataclasses.replace(config.thresholds, min_accuracy=0.99))
+    report = validate(edit(TERMINAL, "    return state[:, 2].abs() > 0.5"), held_out, strict, name="late_end")
+    f = report.fidelity
+    assert not report.accepted
+    assert f["state_accuracy"] == 1.0 and f["reward_accuracy"] == 1.0
+    assert f["accuracy"] == f["termination_accuracy"] < 1.0
+    assert (f["state_tolerance"], f["reward_tolerance"]) == (config.tolerances.state, config.tolerances.reward)
+    assert f"accuracy = {f['accuracy']:.4g} is below min_accuracy = 0.99" in \
+        " ".join(report.reasons)
+
+
+def test_counterexamples_are_real_held_out_transitions_of_each_kind_of_error(held_out, config):
+    source = edit(TERMINAL, "    return state[:, 2].abs() > 0.5", "GRAVITY = 9.8", "GRAVITY = 3.0")
+    report = validate(source, held_out, config, name="two_errors")
+    examples = report.counterexamples
+    assert len(examples) == config.counterexamples
+    assert {"state", "termination"} <= {kind for example in examples for kind in example["wrong"]}
+    assert "state" in examples[0]["wrong"]  # the worst state error comes first, then the kinds alternate
+    for example in examples:
+        i = example["index"]
+        assert example["obs"] == pytest.approx(held_out.obs[i].tolist(), rel=1e-5, abs=1e-7)
+        assert example["next_obs"] == pytest.approx(held_out.next_obs[i].tolist(), rel=1e-5, abs=1e-7)
+        assert example["action"] == int(held_out.action[i]) and example["terminated"] == bool(held_out.terminated[i])
+        if "termination" in example["wrong"]:
+            assert example["predicted_terminated"] != example["terminated"]
+
+
+def test_a_right_sim_has_no_counterexamples(held_out, config):
+    report = validate(CARTPOLE, held_out, config, name="cartpole")
+    assert report.accepted and report.counterexamples == [] and report.fidelity["accuracy"] == 1.0
+
+
+def test_a_sim_that_looks_across_the_batch_fails_rows_independent(held_out, config):
+    report = validate(edit(UNBIND, "    state = state - state.mean(0) + state\n" + UNBIND), held_out, config, name="leak")
+    assert not report.checks["rows_independent"]["passed"]
+    assert any(reason.startswith("rows_independent failed: transition of held-out row") for reason in report.reasons)
+
+
+def test_a_sim_that_draws_noise_from_rng_is_accepted(held_out, config):
+    noisy = edit(UNBIND, "    noise = 1e-6 * torch.randn(state.shape, generator=rng, device=rng.device)\n"
+                         "    x, x_dot, theta, theta_dot = (state + noise).unbind(-1)\n")
+    report = validate(noisy, held_out, config, name="noisy")
+    assert report.accepted, report.reasons
+    assert report.checks["rows_independent"]["passed"] and report.checks["deterministic"]["passed"]
+
+
+def test_planning_check_needs_the_reward_the_trace_reached(held_out, config):
+    planning = dataclasses.replace(config, planning=dataclasses.replace(config.planning, horizon=30))
+    good = validate(CARTPOLE, held_out, planning, name="cartpole")
+    assert good.accepted and good.checks["planning"]["passed"]
+    assert good.fidelity["planning_return"] >= good.fidelity["planning_real_best"] > 20
+    # Next states 10x too large: every planned episode ends after a step or two.
+    doomed = validate(edit("    return torch.stack(\n", "    return 10.0 * torch.stack(\n"), held_out, planning,
+                      name="doomed")
+    assert not doomed.checks["planning"]["passed"]
+    assert any(reason.startswith("planning: best planned 30-step return") for reason in doomed.reasons)
+    assert validate(CARTPOLE, held_out, config, name="off").checks["planning"]["detail"].startswith("off")
