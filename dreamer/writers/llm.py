@@ -109,23 +109,24 @@ class LLMWriter:
             report.save(audit / "previous" / "report.json")
             console.print(f"  previous round's sim on the new data: {verdict(report)}")
         iterations_run = 0
-        while iterations_run < cfg.iterations and not any(candidate.report.accepted for candidate in pool):
-            iterations_run = iteration = iterations_run + 1
-            parents = sorted(pool, key=Candidate.rank, reverse=True)[:cfg.candidates]
-            conversations = []
-            for k in range(cfg.candidates):
-                parent = parents[k % len(parents)] if parents else None
-                conversations.append(opening if parent is None else opening + (
-                    {"role": "assistant", "content": parent.completion},
-                    {"role": "user", "content": feedback_prompt(self.templates, parent.report)}))
-            requests = [Request(messages, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed + 1000 * iteration + k)
-                        for k, messages in enumerate(conversations)]
+        for iteration in range(1, cfg.iterations + 1):
+            if any(candidate.report.accepted for candidate in pool):
+                break
+            iterations_run = iteration
+            ranked = sorted(pool, key=Candidate.rank, reverse=True)[:cfg.candidates]
+            parents = [ranked[k % len(ranked)] if ranked else None for k in range(cfg.candidates)]
+            requests = [Request(opening if parent is None else opening + (
+                                    {"role": "assistant", "content": parent.completion},
+                                    {"role": "user", "content": feedback_prompt(self.templates, parent.report)}),
+                                cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed + 1000 * iteration + k)
+                        for k, parent in enumerate(parents)]
             completions = self.backend.complete(requests)
             sources = [extract_code(completion) for completion in completions]
             reports = task.judge(sources)
-            for k, (request, completion, source, report) in enumerate(zip(requests, completions, sources, reports)):
-                parent = parents[k % len(parents)].label if parents else None
-                candidate = Candidate(f"iter_{iteration}/candidate_{k + 1}", parent, completion, source, report)
+            for k, (parent, request, completion, source, report) in enumerate(
+                    zip(parents, requests, completions, sources, reports)):
+                candidate = Candidate(f"iter_{iteration}/candidate_{k + 1}", parent and parent.label, completion,
+                                      source, report)
                 self.save(candidate, request, audit)
                 pool.append(candidate)
             console.print(f"  iteration {iteration}/{cfg.iterations}: "
