@@ -1,6 +1,10 @@
-"""The dream loop: `python -m dreamer.train [+experiment=NAME] [overrides]`.
+"""The entry point: `python -m dreamer.train [+experiment=NAME] [overrides]`.
 
-Each round records real steps (or loads the trace file), has the writer write a sim from the
+`pipeline` picks what runs: `dream` (the default, below), or the OPSD experiments `opsd_self_context`
+and `opsd_veteran` (`dreamer.opsd.experiments`). Every pipeline writes `config.yaml` first and
+`metrics.json` last into a new run dir.
+
+The dream loop: each round records real steps (or loads the trace file), has the writer write a sim from the
 session's training episodes that the sandbox accepts on the held-out episodes, and trains PPO in
 vectorized copies of the accepted sim. The final policy is evaluated in the real env. The run dir
 holds `trace.jsonl`, `env/<name>.py`, `env/report.json`, the language-model writer's audit trail
@@ -26,6 +30,9 @@ from rich.table import Table
 from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, resolve_device, to_plain
 from dreamer.loggers import make_logger
+from dreamer.loggers import Logger
+from dreamer.opsd import Distillation, OPSDConfig, Teacher
+from dreamer.opsd.experiments import self_context, veteran
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import SimVectorEnv
@@ -47,7 +54,6 @@ def summary_table(metrics: dict) -> Table:
         ("termination accuracy (held out)", f"{fidelity.get('termination_accuracy', float('nan')):.4g}"),
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
          else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
-        ("wall time", f"{metrics['wall_seconds']:.0f} s"),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -55,20 +61,45 @@ def summary_table(metrics: dict) -> Table:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """The whole loop; returns the metrics also written to `run_dir/metrics.json`."""
+    """Check the config, run `cfg.pipeline`; returns the metrics also written to `run_dir/metrics.json`."""
     start = time.perf_counter()
     if (run_dir / "metrics.json").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
     if missing := sorted(OmegaConf.missing_keys(cfg)):
         raise ValueError(f"config value(s) {missing} must be set, e.g. python -m dreamer.train {missing[0]}=...")
+    if cfg.pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {sorted(PIPELINES)}, got {cfg.pipeline!r}")
     device = resolve_device(cfg.device)
+    pipeline = PIPELINES[cfg.pipeline](cfg, run_dir)  # builds every config section first: bad values fail here
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(cfg.seed)
+    logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
+    metrics, table = pipeline(logger, device)
+    metrics.update(pipeline=cfg.pipeline, seed=cfg.seed, device=str(device), wall_seconds=time.perf_counter() - start)
+    write_json(run_dir / "metrics.json", metrics)
+    logger.finish()
+    console.print(table)
+    console.print(f"wall time {metrics['wall_seconds']:.0f} s; run dir: {run_dir}")
+    return metrics
+
+
+def dream(cfg: DictConfig, run_dir: Path):
+    """The dream loop (module docstring); with `opsd.enabled`, a checkpoint teacher distils into every round's PPO."""
     writer = make_writer(cfg.writer)
     sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")
     ppo_config = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
     policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    torch.manual_seed(cfg.seed)
-    logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
+    opsd = build(OPSDConfig, cfg.opsd, "opsd")
+    if opsd.enabled and (opsd.teacher.kind != "checkpoint" or not opsd.teacher.path):
+        raise ValueError("the dream loop distils from a saved veteran: set opsd.teacher.kind=checkpoint and "
+                         f"opsd.teacher.path=RUN_DIR (got kind={opsd.teacher.kind!r}, path={opsd.teacher.path!r}); "
+                         "self_context teachers run in +experiment=opsd_self_context")
+    return lambda logger, device: run_dream(cfg, run_dir, logger, device, writer, sandbox_config, ppo_config, policy_config, opsd)
+
+
+def run_dream(cfg: DictConfig, run_dir: Path, logger: Logger, device: torch.device, writer, sandbox_config: SandboxConfig,
+              ppo_config: PPOConfig, policy_config: MLPPolicyConfig, opsd: OPSDConfig) -> tuple[dict, Table]:
+    teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
 
     if cfg.trace.source == "env":
         rounds = list(cfg.trace.steps_per_round or [])
@@ -114,20 +145,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             stats = train_trace.summary()
             policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std))
         envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
+        distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
         result = train_ppo(policy, envs, ppo_config, seed=cfg.seed + r,
                            log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, dream_steps + step),
-                           progress=cfg.algo.progress)
+                           progress=cfg.algo.progress, auxiliary=distill)
         dream_steps += result.env_steps
         sps = result.steps_per_second
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 
-    returns, report = None, written.report
+    returns, teacher_returns, report = None, None, written.report
     if report.accepted:
         policy.cpu().save(run_dir / "policy")
         if cfg.eval.env_id:
             returns = evaluate_policy(policy, gymnasium.make(cfg.eval.env_id), cfg.eval.episodes, cfg.eval.seed)
             logger.log({"real/return_mean": float(returns.mean())}, dream_steps)
+            if teacher is not None:
+                teacher_returns = evaluate_policy(teacher.model.cpu(), gymnasium.make(cfg.eval.env_id), cfg.eval.episodes, cfg.eval.seed)
     metrics = {
         "accepted": report.accepted,
         "reasons": report.reasons,
@@ -142,20 +176,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "real_eval_episodes": 0 if returns is None else len(returns),
         "real_eval_env": cfg.eval.env_id,
         "fidelity": report.fidelity,
-        "device": str(device),
-        "wall_seconds": time.perf_counter() - start,
     }
-    write_json(run_dir / "metrics.json", metrics)
-    logger.finish()
-    console.print(summary_table(metrics))
-    console.print(f"run dir: {run_dir}")
-    return metrics
+    if teacher is not None:
+        metrics["opsd"] = {
+            "setting": "checkpoint", "teacher": str(opsd.teacher.path), "last_update": result.history[-1] if report.accepted else None,
+            "teacher_return_real": None if teacher_returns is None else float(teacher_returns.mean()),
+            "teacher_student_gap_real": None if teacher_returns is None else float(teacher_returns.mean() - returns.mean()),
+        }
+    return metrics, summary_table(metrics)
+
+
+PIPELINES = {
+    "dream": dream,
+    "opsd_self_context": self_context,
+    "opsd_veteran": veteran,
+}
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    if not metrics["accepted"]:
+    if not metrics.get("accepted", True):
         raise SystemExit("the sandbox rejected the written sim: " + "; ".join(metrics["reasons"]))
 
 

@@ -1,15 +1,17 @@
-"""Evaluate a policy in a real Gymnasium env."""
+"""Evaluate a policy: in a real Gymnasium env one episode at a time, or in a sim, all episodes at once."""
 
 from __future__ import annotations
 
 import gymnasium
 import numpy as np
+import torch
+from torch import nn
 
-from dreamer.rl.policy import MLPPolicy
+from dreamer.sim import FuncSim, SimVectorEnv
 
 
-def evaluate_policy(policy: MLPPolicy, env: gymnasium.Env, episodes: int, seed: int) -> np.ndarray:
-    """(episodes,) undiscounted returns of deterministic actions; episode i is reset with seed + i."""
+def evaluate_policy(policy, env: gymnasium.Env, episodes: int, seed: int) -> np.ndarray:
+    """(episodes,) undiscounted returns of `policy.act(obs)` (deterministic); episode i is reset with seed + i."""
     returns = np.zeros(episodes)
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
@@ -19,3 +21,27 @@ def evaluate_policy(policy: MLPPolicy, env: gymnasium.Env, episodes: int, seed: 
             returns[i] += float(reward)
             done = terminated or truncated
     return returns
+
+
+@torch.no_grad()
+def evaluate_in_sim(policy: nn.Module, sim: FuncSim, episodes: int, seed: int, deterministic: bool = True) -> np.ndarray:
+    """(episodes,) undiscounted returns of the first episode of each of `episodes` copies of `sim`, run as one batch.
+
+    `policy` has the PPO protocol (`policy(obs) -> (distribution, values)`); deterministic acting takes the
+    mode (Categorical) or the mean (Normal) of its distribution.
+    """
+    device = next(policy.parameters()).device
+    envs = SimVectorEnv(sim, episodes, device=device)
+    obs, _ = envs.reset(seed=seed)
+    returns = torch.zeros(episodes, device=device)
+    running = torch.ones(episodes, dtype=torch.bool, device=device)
+    while running.any():
+        dist, _ = policy(obs)
+        if not deterministic:
+            action = dist.sample()
+        else:
+            action = dist.probs.argmax(-1) if isinstance(dist, torch.distributions.Categorical) else dist.mean
+        obs, reward, terminated, truncated, _ = envs.step(policy.env_action(action))
+        returns += reward * running
+        running &= ~(terminated | truncated)
+    return returns.cpu().numpy()

@@ -75,6 +75,10 @@ class MLPPolicy(nn.Module):
             return Categorical(logits=out, validate_args=False)
         return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
 
+    def forward(self, obs: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+        """(B, O) -> (action distribution with batch shape (B,), (B,) state values)."""
+        return self.distribution(obs), self.value(obs)
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, O) -> (B,) state values."""
         return self.critic(self.normalise(obs)).squeeze(-1)
@@ -124,8 +128,10 @@ class MLPPolicy(nn.Module):
         return folder
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> MLPPolicy:
-    """Load a saved policy folder (or a run dir holding `policy/`) for acting: `.act(obs)`."""
+def load_policy(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Load a saved policy folder (or a run dir holding `policy/`) for acting: `.act(obs)`.
+
+    An MLP policy, or a sequence policy (`dreamer.rl.sequence`) whose `.act` uses an empty context."""
     folder = Path(path)
     if (folder / "policy").is_dir():
         folder = folder / "policy"
@@ -133,6 +139,10 @@ def load_policy(path: str | Path, device: str = "cpu") -> MLPPolicy:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: expected a policy folder with policy.json and policy.pt")
     meta = json.loads(meta_path.read_text())
+    if meta["kind"] == "sequence":
+        from dreamer.rl.sequence import load_sequence_policy  # sequence.py builds on this module
+
+        return load_sequence_policy(folder, device)
     policy = MLPPolicy(
         space_from_dict(meta["observation_space"]),
         space_from_dict(meta["action_space"]),

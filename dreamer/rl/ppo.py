@@ -1,6 +1,9 @@
 """PPO (clipped surrogate, GAE) on a vector env whose observations, rewards and flags are torch tensors.
 
 Reads top to bottom like CleanRL's ppo.py. Shapes: T = num_steps, N = num_envs, O = obs dim.
+The policy is any module with the protocol of `MLPPolicy` (`policy(obs) -> (distribution, values)`,
+`value`, `log_prob`, `entropy`, `env_action`); an `AuxiliaryLoss` (OPSD) adds a second objective on
+the same minibatches, mixed as `w_ppo * policy loss + w_aux * auxiliary loss`.
 The vector env must autoreset in SAME_STEP mode (`SimVectorEnv` does; wrap Gymnasium vector envs
 with `dreamer.rl.ppo.TorchVectorEnv`): truncated episodes are bootstrapped with the value of
 `info["final_obs"]`, terminated ones are not.
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import gymnasium
 import numpy as np
@@ -20,7 +24,7 @@ from gymnasium.vector import AutoresetMode, VectorWrapper
 from torch import nn
 from tqdm.auto import tqdm
 
-from dreamer.rl.policy import MLPPolicy
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,19 @@ class PPOConfig:
         if (self.num_envs * self.num_steps) % self.num_minibatches:
             raise ValueError(f"num_envs * num_steps = {self.num_envs * self.num_steps} must be divisible by "
                              f"num_minibatches = {self.num_minibatches}")
+
+
+class AuxiliaryLoss(Protocol):
+    """A second objective on PPO's own on-policy minibatches (the OPSD term)."""
+
+    def weights(self, update: int, num_updates: int) -> tuple[float, float]:
+        """(weight of the PPO policy loss, weight of this loss) in update `update` of `num_updates`."""
+
+    def loss(self, obs: Tensor, action: Tensor, episode_step: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Minibatch (B, O) obs, (B, ...) actions, (B,) steps since the episode began -> (scalar loss, figures)."""
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (e.g. an EMA teacher follows the student)."""
 
 
 @dataclass
@@ -92,14 +109,15 @@ class TorchVectorEnv(VectorWrapper):
 
 
 def train_ppo(
-    policy: MLPPolicy,
+    policy: nn.Module,
     envs: gymnasium.vector.VectorEnv,
     config: PPOConfig,
     seed: int,
     log: Callable[[dict, int], None] | None = None,
     progress: bool = True,
+    auxiliary: AuxiliaryLoss | None = None,
 ) -> PPOResult:
-    """Train `policy` in place on `envs` for `config.total_steps` env steps."""
+    """Train `policy` in place on `envs` for `config.total_steps` env steps (plus `auxiliary`'s loss)."""
     device = next(policy.parameters()).device
     num_envs, T = envs.num_envs, config.num_steps
     if num_envs != config.num_envs:
@@ -109,8 +127,8 @@ def train_ppo(
     num_updates = max(1, config.total_steps // batch_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
 
-    obs_dim = policy.obs_mean.numel()
-    act_shape = () if policy.discrete else policy.action_low.shape
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_shape = envs.single_action_space.shape
     obs_buf = torch.zeros((T, num_envs, obs_dim), device=device)
     final_obs_buf = torch.zeros((T, num_envs, obs_dim), device=device)
     actions_buf = torch.zeros((T, num_envs, *act_shape), device=device, dtype=torch.long if policy.discrete else torch.float32)
@@ -119,9 +137,11 @@ def train_ppo(
     terminated_buf = torch.zeros((T, num_envs), device=device)
     truncated_buf = torch.zeros((T, num_envs), device=device)
     values_buf = torch.zeros((T, num_envs), device=device)
+    episode_step_buf = torch.zeros((T, num_envs), device=device, dtype=torch.long)
 
     obs, _ = envs.reset(seed=seed)
     episode_return = torch.zeros(num_envs, device=device)
+    episode_step = torch.zeros(num_envs, device=device, dtype=torch.long)
     result = PPOResult(env_steps=0, updates=0, episodes=0, episode_return_mean=None, steps_per_second=0.0)
     start = time.perf_counter()
     bar = tqdm(total=num_updates * batch_size, unit="step", unit_scale=True, disable=not progress, leave=False, mininterval=1.0)
@@ -135,11 +155,10 @@ def train_ppo(
         # Rollout: T steps in each of the N envs.
         for t in range(T):
             with torch.no_grad():
-                dist = policy.distribution(obs)
+                dist, values_buf[t] = policy(obs)
                 action = dist.sample()
                 logprobs_buf[t] = policy.log_prob(dist, action)
-                values_buf[t] = policy.value(obs)
-            obs_buf[t], actions_buf[t] = obs, action
+            obs_buf[t], actions_buf[t], episode_step_buf[t] = obs, action, episode_step
             next_obs, reward, terminated, truncated, info = envs.step(policy.env_action(action))
             done = terminated | truncated
             rewards_buf[t] = reward * config.reward_scale
@@ -149,13 +168,15 @@ def train_ppo(
             finished_returns += (episode_return * done).sum()
             finished_count += done.sum()
             episode_return *= ~done
+            episode_step = (episode_step + 1) * ~done
             obs = next_obs
 
         # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
         with torch.no_grad():
             rewards = rewards_buf.clone()
             truncated = truncated_buf.bool()
-            rewards[truncated] += config.gamma * policy.value(final_obs_buf[truncated])
+            if truncated.any():  # (a model may not take an empty batch)
+                rewards[truncated] += config.gamma * policy.value(final_obs_buf[truncated])
             next_value = policy.value(obs)
             advantages = torch.zeros_like(rewards)
             last_gae = torch.zeros(num_envs, device=device)
@@ -171,12 +192,14 @@ def train_ppo(
         b_obs, b_actions = obs_buf.reshape(batch_size, obs_dim), actions_buf.reshape(batch_size, *act_shape)
         b_logprobs, b_advantages = logprobs_buf.reshape(-1), advantages.reshape(-1)
         b_returns, b_values = returns.reshape(-1), values_buf.reshape(-1)
-        clip_fractions, approx_kl = [], torch.zeros(())
+        b_episode_step = episode_step_buf.reshape(-1)
+        ppo_weight, aux_weight = (1.0, 0.0) if auxiliary is None else auxiliary.weights(update, num_updates)
+        clip_fractions, aux_figures, approx_kl = [], [], torch.zeros(())
         for _ in range(config.update_epochs):
             order = torch.randperm(batch_size, device=device)
             for lo in range(0, batch_size, minibatch_size):
                 mb = order[lo : lo + minibatch_size]
-                dist = policy.distribution(b_obs[mb])
+                dist, new_value = policy(b_obs[mb])
                 new_logprob = policy.log_prob(dist, b_actions[mb])
                 log_ratio = new_logprob - b_logprobs[mb]
                 ratio = log_ratio.exp()
@@ -187,18 +210,23 @@ def train_ppo(
                 if config.norm_adv:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
-                new_value = policy.value(b_obs[mb])
                 if config.clip_vloss:
                     clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-config.clip_coef, config.clip_coef)
                     v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (clipped - b_returns[mb]) ** 2).mean()
                 else:
                     v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
                 entropy = policy.entropy(dist).mean()
-                loss = pg_loss - config.ent_coef * entropy + config.vf_coef * v_loss
+                loss = ppo_weight * (pg_loss - config.ent_coef * entropy) + config.vf_coef * v_loss
+                if aux_weight:
+                    aux_loss, figures = auxiliary.loss(b_obs[mb], b_actions[mb], b_episode_step[mb])
+                    loss = loss + aux_weight * aux_loss
+                    aux_figures.append(figures)
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                 optimizer.step()
+                if auxiliary is not None:
+                    auxiliary.after_step()
             if config.target_kl is not None and approx_kl > config.target_kl:
                 break
 
@@ -221,6 +249,9 @@ def train_ppo(
             "clip_fraction": float(torch.stack(clip_fractions).mean().item()),
             "steps_per_second": result.steps_per_second,
         }
+        if auxiliary is not None:
+            row.update(ppo_weight=ppo_weight, aux_weight=aux_weight)
+            row.update({key: float(torch.stack([f[key] for f in aux_figures]).mean()) for key in (aux_figures or [{}])[0]})
         result.history.append(row)
         if log is not None:
             log(row, result.env_steps)

@@ -1,0 +1,310 @@
+"""The OPSD experiments on the hidden-goal family (`dreamer.envs.hidden_goal`), run by `dreamer.train`.
+
+`opsd_self_context` (the seeds' setting): a sequence policy learns to reach goals it is told in its
+context, across the family's variants, in their dream. Per seed, a new variant is deployed: a session
+of random actions in the real env reveals the goal (its context), and the model's empty-context self
+(the student) is consolidated in the variant's dream, once by PPO + OPSD with the model-with-context
+as teacher, once by PPO alone from the same start. Reported: how many student env samples each needs
+to reach `level` x the teacher's return, their ratio, real-env returns, and retention (the model's
+return on the other variants with their contexts).
+
+`opsd_veteran`: an MLP base trained on variants A and B; a veteran = the base fine-tuned in the dream
+of variant C by PPO (naive fine-tuning); then OPSD of the veteran (a checkpoint teacher) into the
+base, with anchor states of A and B. Reported: real-env returns of base, veteran and consolidated
+policy on A, B and C.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from omegaconf import DictConfig
+from rich.table import Table
+
+from dreamer.config import build
+from dreamer.envs import HiddenGoalEnv, family_source, goal_at
+from dreamer.loggers import Logger
+from dreamer.opsd.context import build_context
+from dreamer.opsd.distill import Anchors, Distillation, OPSDConfig, collect_states
+from dreamer.opsd.teachers import Teacher
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, load_policy, train_ppo
+from dreamer.rl.sequence import SequencePolicy, SequencePolicyConfig
+from dreamer.sim import FuncSim, SimVectorEnv
+from dreamer.traces import TraceRecorder, record_steps, save_trace
+
+
+class Monitor:
+    """PPO's `log` callback: logs every update's row and, every `every` updates, runs `evaluations`
+    (name -> a mean return) and appends them, with the env steps so far, to `curve`."""
+
+    def __init__(self, logger: Logger, prefix: str, evaluations: dict[str, Callable[[], float]], every: int, step: int):
+        self.logger, self.prefix, self.evaluations, self.every, self.step = logger, prefix, evaluations, every, step
+        self.updates = 0
+        self.curve: list[dict[str, float]] = []
+        self.last_row: dict = {}
+        self.evaluate(0)
+
+    def evaluate(self, env_steps: int) -> None:
+        figures = {"env_steps": env_steps, **{name: float(run()) for name, run in self.evaluations.items()}}
+        self.curve.append(figures)
+        self.logger.log({f"{self.prefix}/{k}": v for k, v in figures.items() if k != "env_steps"}, self.step + env_steps)
+
+    def __call__(self, row: dict, env_steps: int) -> None:
+        self.last_row = row
+        self.logger.log({f"{self.prefix}/{k}": v for k, v in row.items()}, self.step + env_steps)
+        self.updates += 1
+        if self.updates % self.every == 0:
+            self.evaluate(env_steps)
+
+
+def first_reaching(curve: list[dict[str, float]], key: str, level: float) -> float | None:
+    """The first `env_steps` in `curve` at which `key` >= `level` (None: never)."""
+    return next((row["env_steps"] for row in curve if row[key] >= level), None)
+
+
+def mean_std(values) -> dict[str, float]:
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def standardise_from(policy_stats: Callable[[np.ndarray, np.ndarray], None], sim: FuncSim, seed: int,
+                     columns: slice = slice(None)) -> None:
+    """Set a policy's fixed obs statistics from `sim`'s observations under random actions."""
+    envs = SimVectorEnv(sim, 256)
+    obs, _ = envs.reset(seed=seed)
+    rows = [obs]
+    for _ in range(sim.max_episode_steps):
+        obs, *_ = envs.step(envs.action_space.sample())
+        rows.append(obs)
+    rows = torch.cat(rows)[:, columns].numpy()
+    policy_stats(rows.mean(0), rows.std(0))
+
+
+def self_context(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
+    """Check the config of `opsd_self_context`; returns the run."""
+    opsd = build(OPSDConfig, cfg.opsd, "opsd")
+    ppo = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+    policy_config = build(SequencePolicyConfig, cfg.policy, "policy", ignore=("kind",))
+    if opsd.teacher.kind != "self_context":
+        raise ValueError(f"opsd_self_context needs opsd.teacher.kind=self_context, got {opsd.teacher.kind!r}")
+    return partial(run_self_context, cfg, run_dir, opsd, ppo, policy_config)
+
+
+def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig, policy_config: SequencePolicyConfig,
+                     logger: Logger, device: torch.device) -> tuple[dict, Table]:
+    family, progress = cfg.family, cfg.algo.progress
+    radius, episodes = family.radius, family.eval_episodes
+    family_sim = FuncSim.from_source(family_source(None, reveal_goal=True, radius=radius), "family")
+
+    # 1. The model learns to use its context: PPO across the family's variants, each episode's goal in its context.
+    torch.manual_seed(cfg.seed)
+    model = SequencePolicy(spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(5), policy_config, context_dims=2)
+    standardise_from(model.set_context_stats, family_sim, cfg.seed, slice(0, 2))
+    standardise_from(model.set_obs_stats, family_sim, cfg.seed, slice(2, None))
+    model.to(device)
+    pretrain = dataclasses.replace(ppo, total_steps=family.pretrain_steps)
+    pretrain_monitor = Monitor(logger, "pretrain", {}, 1, 0)
+    train_ppo(model.bind_from_obs(), SimVectorEnv(family_sim, ppo.num_envs, device), pretrain, cfg.seed,
+              log=pretrain_monitor, progress=progress)
+    model.save(run_dir / "pretrained")
+    step = family.pretrain_steps
+
+    runs = []
+    for seed in family.seeds:
+        # 2. A new variant; a session of random actions in its real env reveals the goal.
+        angle = float(np.random.default_rng(seed).uniform(0.0, 360.0))
+        real_env = HiddenGoalEnv(goal_at(angle, radius))
+        session = record_steps(TraceRecorder(real_env), family.session_steps, seed, None)
+        save_trace(session, run_dir / f"seed_{seed}" / "trace.jsonl")
+        context = build_context(session, opsd.context)
+        variant_sim = FuncSim.from_source(family_source([tuple(context.tolist())], radius=radius), "variant")
+
+        def in_variant(view) -> float:
+            return float(evaluate_in_sim(view, variant_sim, episodes, seed).mean())
+
+        def on_family(model_) -> float:
+            return float(evaluate_in_sim(model_.bind_from_obs(), family_sim, episodes, seed).mean())
+
+        teacher = Teacher.self_context(model, context.to(device), opsd.teacher)
+        teacher_return = in_variant(teacher.view)
+        retention_before = on_family(model)
+
+        # 3. Consolidation by PPO + OPSD, and by PPO alone, from the same start and with the same budget.
+        curves, finals = {}, {}
+        for method in ("opsd", "ppo"):
+            torch.manual_seed(seed)
+            student_model = copy.deepcopy(model)
+            student = student_model.bind(None)
+            evaluations = {"student_return": lambda: in_variant(student),
+                           "teacher_return": lambda: in_variant(distill.teacher.view) if method == "opsd" else teacher_return,
+                           "retention_return": lambda: on_family(student_model)}
+            distill = None
+            if method == "opsd":
+                base = copy.deepcopy(model).requires_grad_(False)
+                anchor_obs = collect_states(base.bind_from_obs(), family_sim, opsd.anchors.states, seed)
+                anchors = Anchors(student_model.bind_from_obs(), base.bind_from_obs(), anchor_obs, opsd.anchors.coef, opsd.anchors.batch)
+                distill = Distillation(student, student_model, Teacher.self_context(student_model, context.to(device), opsd.teacher),
+                                       opsd, anchors, seed)
+            monitor = Monitor(logger, f"seed_{seed}/{method}", evaluations, opsd.eval_every, step)
+            train_ppo(student, SimVectorEnv(variant_sim, ppo.num_envs, device), ppo, seed, log=monitor,
+                      progress=progress, auxiliary=distill)
+            step += ppo.total_steps
+            student_model.cpu().save(run_dir / f"seed_{seed}" / method)
+            curves[method] = monitor.curve
+            finals[method] = {"real_return": float(evaluate_policy(student_model.bind(None), real_env, episodes, cfg.eval.seed).mean()),
+                              "retention_return": on_family(student_model.to(device)),
+                              "last_update": monitor.last_row}
+        level = family.level * teacher_return
+        reached = {method: first_reaching(curves[method], "student_return", level) for method in curves}
+        runs.append({
+            "seed": seed, "goal_angle_deg": angle, "context": context.tolist(), "session_steps": len(session),
+            "teacher_return_dream": teacher_return,
+            "teacher_return_real": float(evaluate_policy(model.cpu().bind(context), real_env, episodes, cfg.eval.seed).mean()),
+            "student_return_real_before": float(evaluate_policy(model.bind(None), real_env, episodes, cfg.eval.seed).mean()),
+            "student_return_real_after": {m: finals[m]["real_return"] for m in finals},
+            "level": level,
+            "samples_to_level": reached,
+            "sample_ratio_ppo_over_opsd": None if reached["opsd"] in (None, 0) or reached["ppo"] is None
+            else reached["ppo"] / reached["opsd"],
+            "retention_return_before": retention_before,
+            "retention_return_after": {m: finals[m]["retention_return"] for m in finals},
+            "last_update": {m: finals[m]["last_update"] for m in finals},
+            "curves": curves,
+        })
+        model.to(device)
+
+    summary = summarise_self_context(runs, family.level, family.max_retention_drop, family.min_sample_ratio, ppo.total_steps)
+    return {"opsd": {"setting": "self_context", "seeds": list(family.seeds), "summary": summary, "runs": runs}}, self_context_table(summary)
+
+
+def summarise_self_context(runs: list[dict], level: float, max_drop: float, min_ratio: float, budget: int) -> dict:
+    """Aggregate over seeds, and whether each claim of the experiment held (on the real env)."""
+    teacher = [r["teacher_return_real"] for r in runs]
+    after = [r["student_return_real_after"]["opsd"] for r in runs]
+    opsd_steps = [r["samples_to_level"]["opsd"] for r in runs]
+    ppo_steps = [r["samples_to_level"]["ppo"] for r in runs]
+    drops = [1 - r["retention_return_after"]["opsd"] / max(r["retention_return_before"], 1e-9) for r in runs]
+    opsd_reached = all(s is not None for s in opsd_steps)
+    # PPO that never reached the level within the budget counts as the budget: the ratio is then a lower bound.
+    ppo_or_budget = [budget if s is None else s for s in ppo_steps]
+    ratio = float(np.mean(ppo_or_budget) / max(np.mean(opsd_steps), 1.0)) if opsd_reached else None
+    return {
+        "teacher_return_real": mean_std(teacher),
+        "student_return_real_before": mean_std([r["student_return_real_before"] for r in runs]),
+        "student_return_real_after_opsd": mean_std(after),
+        "student_return_real_after_ppo": mean_std([r["student_return_real_after"]["ppo"] for r in runs]),
+        "student_over_teacher": float(np.mean(after) / max(np.mean(teacher), 1e-9)),
+        "samples_to_level_opsd": opsd_steps,
+        "samples_to_level_ppo": ppo_steps,
+        "sample_ratio_ppo_over_opsd": ratio,
+        "sample_ratio_is_lower_bound": any(s is None for s in ppo_steps),
+        "retention_drop": mean_std(drops),
+        "claims": {
+            f"student >= {level:g} x teacher (real env)": bool(np.mean(after) >= level * np.mean(teacher)),
+            f"OPSD needs >= {min_ratio:g}x fewer samples than PPO": ratio is not None and ratio >= min_ratio,
+            f"retention drop <= {max_drop:.0%}": bool(max(drops) <= max_drop),
+        },
+    }
+
+
+def self_context_table(summary: dict) -> Table:
+    table = Table(title="OPSD, self-context: what consolidation bought (real env, mean ± std over seeds)", show_header=False)
+    fmt = lambda s: f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
+    steps = lambda values: ", ".join("never" if v is None else f"{v:,.0f}" for v in values)  # noqa: E731
+    ratio = summary["sample_ratio_ppo_over_opsd"]
+    rows = [
+        ("teacher (model + session context)", fmt(summary["teacher_return_real"])),
+        ("student (empty context), before", fmt(summary["student_return_real_before"])),
+        ("student after PPO + OPSD", fmt(summary["student_return_real_after_opsd"])),
+        ("student after PPO alone", fmt(summary["student_return_real_after_ppo"])),
+        ("student env steps to the level: OPSD", steps(summary["samples_to_level_opsd"])),
+        ("student env steps to the level: PPO", steps(summary["samples_to_level_ppo"])),
+        ("PPO / OPSD samples", "n/a" if ratio is None else f"{'≥ ' if summary['sample_ratio_is_lower_bound'] else ''}{ratio:.1f}x"),
+        ("retention drop (other variants, with context)", f"{summary['retention_drop']['mean']:.1%}"),
+    ] + [(claim, "met" if ok else "MISSED") for claim, ok in summary["claims"].items()]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def veteran(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
+    """Check the config of `opsd_veteran`; returns the run."""
+    opsd = build(OPSDConfig, cfg.opsd, "opsd")
+    ppo = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+    policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
+    if opsd.teacher.kind != "checkpoint":
+        raise ValueError(f"opsd_veteran needs opsd.teacher.kind=checkpoint, got {opsd.teacher.kind!r}")
+    if cfg.family.new_variant not in cfg.family.variants or not set(cfg.family.old_variants) <= set(cfg.family.variants):
+        raise ValueError(f"family.new_variant and family.old_variants must name variants in {list(cfg.family.variants)}")
+    return partial(run_veteran, cfg, run_dir, opsd, ppo, policy_config)
+
+
+def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig, policy_config: MLPPolicyConfig,
+                logger: Logger, device: torch.device) -> tuple[dict, Table]:
+    family, progress = cfg.family, cfg.algo.progress
+    variants = {name: (goal_at(spec.angle, family.radius), float(spec.cue)) for name, spec in family.variants.items()}
+    old, new = list(family.old_variants), family.new_variant
+
+    def sim_of(names: list[str]) -> FuncSim:
+        return FuncSim.from_source(family_source([variants[n][0] for n in names], [variants[n][1] for n in names],
+                                                 radius=family.radius, shaping=family.shaping), "+".join(names))
+
+    def real_returns(policy) -> dict[str, float]:
+        """Success rate per variant in its real env (whose reward is the sparse one: 1 at the goal)."""
+        return {name: float(evaluate_policy(policy, HiddenGoalEnv(goal, cue), family.eval_episodes, cfg.eval.seed).mean())
+                for name, (goal, cue) in variants.items()}
+
+    # 1. The base: PPO on the old variants. 2. The veteran: the base fine-tuned by PPO on the new one.
+    torch.manual_seed(cfg.seed)
+    old_sim, new_sim = sim_of(old), sim_of([new])
+    base = MLPPolicy(old_sim.observation_space, old_sim.action_space, policy_config)
+    standardise_from(base.set_obs_stats, sim_of(list(variants)), cfg.seed)
+    base.to(device)
+    train_ppo(base, SimVectorEnv(old_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.pretrain_steps),
+              cfg.seed, log=Monitor(logger, "base", {}, 1, 0), progress=progress)
+    base.cpu().save(run_dir / "base")
+    veteran_path = Path(opsd.teacher.path) if opsd.teacher.path else run_dir / "veteran"
+    if not opsd.teacher.path:
+        veteran = copy.deepcopy(base).to(device)
+        train_ppo(veteran, SimVectorEnv(new_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.veteran_steps),
+                  cfg.seed, log=Monitor(logger, "veteran", {}, 1, family.pretrain_steps), progress=progress)
+        veteran.cpu().save(veteran_path)
+
+    # 3. OPSD of the veteran into the base, in the new variant's dream, with anchors on the old variants.
+    teacher = Teacher.checkpoint(veteran_path, device)
+    student = copy.deepcopy(base).to(device)
+    frozen_base = copy.deepcopy(base).to(device).requires_grad_(False)
+    anchor_obs = torch.cat([collect_states(frozen_base, sim_of([n]), opsd.anchors.states, cfg.seed) for n in old])
+    distill = Distillation(student, student, teacher, opsd, Anchors(student, frozen_base, anchor_obs, opsd.anchors.coef, opsd.anchors.batch), cfg.seed)
+    evaluations = {f"return_{n}": (lambda n=n: float(evaluate_in_sim(student, sim_of([n]), family.eval_episodes, cfg.seed).mean()))
+                   for n in variants}
+    monitor = Monitor(logger, "consolidation", evaluations, opsd.eval_every, family.pretrain_steps + family.veteran_steps)
+    train_ppo(student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, log=monitor, progress=progress, auxiliary=distill)
+    student.cpu().save(run_dir / "policy")
+
+    returns = {"base": real_returns(base), "veteran (naive fine-tuning)": real_returns(teacher.model.cpu()),
+               "base + OPSD with anchors": real_returns(student)}
+    vet, ours, before = returns["veteran (naive fine-tuning)"], returns["base + OPSD with anchors"], returns["base"]
+    kept = {n: ours[n] / max(before[n], 1e-9) for n in old}
+    claims = {f"consolidated >= {family.level:g} x veteran on {new}": ours[new] >= family.level * vet[new],
+              **{f"consolidated keeps >= {family.min_kept:.0%} of the base on {n}": kept[n] >= family.min_kept for n in old}}
+    result = {"setting": "veteran", "variants": {n: {"goal": list(g), "cue": c} for n, (g, c) in variants.items()},
+              "old_variants": old, "new_variant": new, "real_returns": returns, "kept_of_base": kept,
+              "veteran_kept_of_base": {n: vet[n] / max(before[n], 1e-9) for n in old},
+              "claims": claims, "curve": monitor.curve, "last_update": monitor.last_row}
+    table = Table(title=f"OPSD, veteran -> base: real-env return per variant ({family.eval_episodes} episodes each)")
+    table.add_column("policy")
+    for name in variants:
+        table.add_column(f"{name}{' (new)' if name == new else ''}", justify="right")
+    for policy_name, per_variant in returns.items():
+        table.add_row(policy_name, *(f"{per_variant[n]:.2f}" for n in variants))
+    for claim, ok in claims.items():
+        table.add_row(claim, "met" if ok else "MISSED")
+    return {"opsd": result}, table
