@@ -11,11 +11,10 @@ from omegaconf import OmegaConf
 from dreamer.config import build
 from dreamer.envs import HiddenGoalEnv, family_source, goal_at
 from dreamer.opsd import (
-    AnchorConfig, Anchors, ContextConfig, DivergenceConfig, Distillation, OPSDConfig, ScheduleConfig, Teacher,
-    TeacherConfig, build_context, collect_states,
+    Anchors, ContextConfig, Distillation, OPSDConfig, ScheduleConfig, Teacher, TeacherConfig, build_context, collect_states,
 )
 from dreamer.opsd.divergences import categorical_divergence, gaussian_divergence
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, load_policy, train_ppo
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, train_ppo
 from dreamer.rl.sequence import SequencePolicy, SequencePolicyConfig
 from dreamer.sim import FuncSim, SimVectorEnv
 from dreamer.traces import TraceRecorder, record_steps
@@ -50,15 +49,15 @@ def tiny_sequence_policy(context_dims: int = 2, seed: int = 0) -> SequencePolicy
     return policy
 
 
+def towards_goal(obs: np.ndarray) -> int:
+    """The move along the axis with the larger distance to GOAL."""
+    dx, dy = np.asarray(GOAL) - obs[:2]
+    return (1 if dx > 0 else 2) if abs(dx) > abs(dy) else (3 if dy > 0 else 4)
+
+
 def reaching_session(steps: int = 300, seed: int = 0):
     """A session in the real variant by a policy that walks to the goal (it reaches it, revealing it)."""
-    env = HiddenGoalEnv(GOAL)
-
-    def towards_goal(obs):
-        dx, dy = np.asarray(GOAL) - obs[:2]
-        return (1 if dx > 0 else 2) if abs(dx) > abs(dy) else (3 if dy > 0 else 4)
-
-    return record_steps(TraceRecorder(env), steps, seed, towards_goal)
+    return record_steps(TraceRecorder(HiddenGoalEnv(GOAL)), steps, seed, towards_goal)
 
 
 # -- schedules ---------------------------------------------------------------------------------------------
@@ -154,18 +153,21 @@ def test_the_dream_of_a_variant_steps_like_its_real_env(cue):
     sim = FuncSim.from_source(family_source([GOAL], None if cue is None else [cue]))
     assert sim.observation_space.shape == env.observation_space.shape
     rng = np.random.default_rng(0)
+    reached = 0
     for episode in range(20):
         obs, _ = env.reset(seed=episode)
         state = torch.tensor([[*GOAL, cue or 0.0, *obs[:2]]])
         done = False
-        while not done:
-            action = int(rng.integers(5)) if rng.random() < 0.5 else int(np.argmax([0, *(np.sign(GOAL - obs[:2]) * [1, 1])]) and 1)
+        while not done:  # half the steps towards the goal, half at random
+            action = towards_goal(obs) if rng.random() < 0.5 else int(rng.integers(5))
             obs, reward, terminated, truncated, _ = env.step(action)
             next_state = sim.transition(state, torch.tensor([action]), None)
             np.testing.assert_allclose(sim.observation(next_state, None)[0].numpy(), obs, atol=1e-6)
             assert float(sim.reward(state, torch.tensor([action]), next_state, None)) == reward
             assert bool(sim.terminal(next_state, None)) == terminated
             state, done = next_state, terminated or truncated
+        reached += terminated
+    assert 0 < reached < 20  # both ways of ending were compared
 
 
 # -- the distillation loss ---------------------------------------------------------------------------------

@@ -234,6 +234,15 @@ def test_text_context_changes_the_output_and_batching_does_not(text_policy):
         assert torch.allclose(row_value[0], values[row], atol=1e-5)
 
 
+def test_text_codec_renders_numeric_contexts_as_text(lm_path):
+    policy = SequencePolicy(box(2), spaces.Discrete(3), text_config(lm_path), context_dims=2)
+    obs, goal = torch.randn(3, 2), torch.tensor([0.5, -0.25])
+    rendered = policy(obs, "[0.5, -0.25]")[0].logits
+    assert torch.allclose(policy.bind(goal)(obs)[0].logits, rendered, atol=1e-5)
+    rows = torch.cat([goal.expand(3, -1), obs], 1)   # each row's context in its first columns
+    assert torch.allclose(policy.bind_from_obs()(rows)[0].logits, rendered, atol=1e-5)
+
+
 def test_single_token_shortcut_agrees_with_teacher_forcing_every_action(lm_path):
     policy = SequencePolicy(box(2), spaces.Discrete(3), text_config(lm_path, ["def", "import", "x"]))
     assert policy.action_tokens.shape == (3, 1)

@@ -120,3 +120,85 @@ def test_llm_writer_replays_recorded_completions_end_to_end(tmp_path):
     assert (search / "iter_1" / "candidate_4" / "completion.md").read_text() == (examples / "04.md").read_text()
     assert json.loads((run_dir / "env" / "search" / "previous" / "report.json").read_text())["accepted"] is True
     assert load_sim(run_dir).action_space.n == 2
+
+
+TINY_OPSD = ["logger=none", "algo.progress=false", "algo.num_envs=32", "algo.num_steps=32", "algo.total_steps=2048",
+             "family.eval_episodes=8", "opsd.anchors.states=64", "opsd.anchors.batch=32"]
+
+
+@pytest.mark.slow
+def test_dream_loop_distils_from_a_checkpoint_teacher(tmp_path):
+    veteran_dir, run_dir = tmp_path / "veteran", tmp_path / "run"
+    done = train(*TINY, "trace.steps_per_round=[400]", f"hydra.run.dir={veteran_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = train(*TINY, "trace.steps_per_round=[400]", "opsd.enabled=true", f"opsd.teacher.path={veteran_dir}",
+                 f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    opsd = json.loads((run_dir / "metrics.json").read_text())["opsd"]
+    assert opsd["setting"] == "checkpoint" and opsd["teacher"] == str(veteran_dir)
+    assert opsd["last_update"]["aux_weight"] == 1.0 and opsd["last_update"]["opsd/divergence_raw"] >= 0
+    assert opsd["teacher_return_real"] is not None and opsd["teacher_student_gap_real"] is not None
+
+
+def test_the_dream_loop_refuses_opsd_without_a_veteran_before_any_work(tmp_path):
+    done = train(*TINY, "opsd.enabled=true", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode != 0 and "opsd.teacher.path=RUN_DIR" in done.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_opsd_veteran_pipeline_reports_every_policy_on_every_variant(tmp_path):
+    run_dir = tmp_path / "run"
+    done = train("+experiment=opsd_veteran", *TINY_OPSD, "family.pretrain_steps=4096", "family.veteran_steps=4096",
+                 f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    opsd = metrics["opsd"]
+    assert metrics["pipeline"] == "opsd_veteran" and opsd["setting"] == "veteran"
+    assert set(opsd["real_returns"]) == {"base", "veteran (naive fine-tuning)", "base + OPSD with anchors"}
+    assert all(set(per_variant) == {"A", "B", "C"} for per_variant in opsd["real_returns"].values())
+    assert len(opsd["claims"]) == 3 and all(isinstance(ok, bool) for ok in opsd["claims"].values())
+    assert opsd["curve"][0]["env_steps"] == 0 and {"return_A", "return_B", "return_C"} <= opsd["curve"][-1].keys()
+    assert "opsd/anchor_kl" in opsd["last_update"] and "opsd/teacher_entropy" in opsd["last_update"]
+    for name in ("base", "veteran", "policy"):
+        assert load_policy(run_dir / name).act([0.0, 0.0, 1.0]) in range(5)
+
+
+@pytest.mark.slow
+def test_opsd_self_context_pipeline_compares_opsd_with_ppo_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    done = train("+experiment=opsd_self_context", *TINY_OPSD, "family.pretrain_steps=2048", "family.seeds=[0,1]",
+                 "policy.model.hidden_size=16", "policy.model.intermediate_size=32", "policy.model.num_hidden_layers=1",
+                 f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    opsd = json.loads((run_dir / "metrics.json").read_text())["opsd"]
+    assert opsd["setting"] == "self_context" and [run["seed"] for run in opsd["runs"]] == [0, 1]
+    for run in opsd["runs"]:
+        assert set(run["curves"]) == {"opsd", "ppo"} and set(run["samples_to_level"]) == {"opsd", "ppo"}
+        assert {"student_return", "teacher_return", "teacher_student_gap", "retention_return"} <= run["curves"]["opsd"][-1].keys()
+        assert run["curves"]["opsd"][-1]["env_steps"] == 2048
+        assert "opsd/divergence_raw" in run["last_update"]["opsd"] and "opsd/divergence_raw" not in run["last_update"]["ppo"]
+        assert len(run["context"]) == 2 and (run_dir / f"seed_{run['seed']}" / "trace.jsonl").is_file()
+    summary = opsd["summary"]
+    assert {"teacher_return_real", "student_return_real_after_opsd", "sample_ratio_ppo_over_opsd", "retention_drop_opsd", "retention_drop_ppo"} <= summary.keys()
+    assert len(summary["claims"]) == 3
+    assert load_policy(run_dir / "pretrained").context_dims == 2
+
+
+@pytest.mark.slow
+def test_opsd_self_context_runs_a_local_pretrained_lm_through_the_text_codec(tmp_path):
+    from tiny_lm import build_tiny_causal_lm
+
+    model_path = build_tiny_causal_lm(tmp_path / "lm")
+    run_dir = tmp_path / "run"
+    done = train("+experiment=opsd_self_context", *TINY_OPSD, "family.pretrain_steps=256", "family.seeds=[0]",
+                 "family.eval_episodes=4", "algo.num_envs=8", "algo.num_steps=32", "algo.total_steps=256",
+                 "opsd.anchors.states=16", "opsd.anchors.batch=8", "policy.codec=text", f"policy.model_path={model_path}",
+                 "policy.action_names=[stay,right,left,up,down]", "policy.template='{context} {observation}'",
+                 f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((run_dir / "metrics.json").read_text())["opsd"]["runs"][0]
+    assert "opsd/divergence_raw" in run["last_update"]["opsd"] and len(run["curves"]["opsd"]) == 2
+    student = load_policy(run_dir / "seed_0" / "opsd")
+    assert student.config.codec == "text" and (run_dir / "seed_0" / "opsd" / "model" / "config.json").is_file()
+    assert student.act([0.1, -0.2]) in range(5)

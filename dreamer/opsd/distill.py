@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical
 
 from dreamer.opsd.divergences import (
     DivergenceConfig, DivergenceResult, categorical_divergence, gaussian_divergence, gaussian_token_divergence,

@@ -34,25 +34,26 @@ from dreamer.loggers import Logger
 from dreamer.opsd.context import build_context
 from dreamer.opsd.distill import Anchors, Distillation, OPSDConfig, collect_states
 from dreamer.opsd.teachers import Teacher
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, load_policy, train_ppo
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, train_ppo
 from dreamer.rl.sequence import SequencePolicy, SequencePolicyConfig
 from dreamer.sim import FuncSim, SimVectorEnv
 from dreamer.traces import TraceRecorder, record_steps, save_trace
 
 
 class Monitor:
-    """PPO's `log` callback: logs every update's row and, every `every` updates, runs `evaluations`
-    (name -> a mean return) and appends them, with the env steps so far, to `curve`."""
+    """PPO's `log` callback: logs every update's row and, every `every` updates (and before the first),
+    runs `evaluate` (-> figures such as mean returns) and appends its figures, with the env steps so
+    far, to `curve`."""
 
-    def __init__(self, logger: Logger, prefix: str, evaluations: dict[str, Callable[[], float]], every: int, step: int):
-        self.logger, self.prefix, self.evaluations, self.every, self.step = logger, prefix, evaluations, every, step
+    def __init__(self, logger: Logger, prefix: str, evaluate: Callable[[], dict[str, float]], every: int, step: int):
+        self.logger, self.prefix, self.run_evaluation, self.every, self.step = logger, prefix, evaluate, every, step
         self.updates = 0
         self.curve: list[dict[str, float]] = []
         self.last_row: dict = {}
         self.evaluate(0)
 
     def evaluate(self, env_steps: int) -> None:
-        figures = {"env_steps": env_steps, **{name: float(run()) for name, run in self.evaluations.items()}}
+        figures = {"env_steps": env_steps, **self.run_evaluation()}
         self.curve.append(figures)
         self.logger.log({f"{self.prefix}/{k}": v for k, v in figures.items() if k != "env_steps"}, self.step + env_steps)
 
@@ -106,11 +107,12 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
     # 1. The model learns to use its context: PPO across the family's variants, each episode's goal in its context.
     torch.manual_seed(cfg.seed)
     model = SequencePolicy(spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(5), policy_config, context_dims=2)
-    standardise_from(model.set_context_stats, family_sim, cfg.seed, slice(0, 2))
-    standardise_from(model.set_obs_stats, family_sim, cfg.seed, slice(2, None))
+    if policy_config.codec == "numeric":  # a text codec writes the raw numbers into its prompt
+        standardise_from(model.set_context_stats, family_sim, cfg.seed, slice(0, 2))
+        standardise_from(model.set_obs_stats, family_sim, cfg.seed, slice(2, None))
     model.to(device)
     pretrain = dataclasses.replace(ppo, total_steps=family.pretrain_steps)
-    pretrain_monitor = Monitor(logger, "pretrain", {}, 1, 0)
+    pretrain_monitor = Monitor(logger, "pretrain", dict, 1, 0)
     train_ppo(model.bind_from_obs(), SimVectorEnv(family_sim, ppo.num_envs, device), pretrain, cfg.seed,
               log=pretrain_monitor, progress=progress)
     model.save(run_dir / "pretrained")
@@ -142,9 +144,6 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
             torch.manual_seed(seed)
             student_model = copy.deepcopy(model)
             student = student_model.bind(None)
-            evaluations = {"student_return": lambda: in_variant(student),
-                           "teacher_return": lambda: in_variant(distill.teacher.view) if method == "opsd" else teacher_return,
-                           "retention_return": lambda: on_family(student_model)}
             distill = None
             if method == "opsd":
                 base = copy.deepcopy(model).requires_grad_(False)
@@ -152,7 +151,13 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
                 anchors = Anchors(student_model.bind_from_obs(), base.bind_from_obs(), anchor_obs, opsd.anchors.coef, opsd.anchors.batch)
                 distill = Distillation(student, student_model, Teacher.self_context(student_model, context.to(device), opsd.teacher),
                                        opsd, anchors, seed)
-            monitor = Monitor(logger, f"seed_{seed}/{method}", evaluations, opsd.eval_every, step)
+            def evaluate() -> dict[str, float]:
+                student_return = in_variant(student)
+                teacher_now = teacher_return if distill is None or opsd.teacher.mode == "frozen" else in_variant(distill.teacher.view)
+                return {"student_return": student_return, "teacher_return": teacher_now,
+                        "teacher_student_gap": teacher_now - student_return, "retention_return": on_family(student_model)}
+
+            monitor = Monitor(logger, f"seed_{seed}/{method}", evaluate, opsd.eval_every, step)
             train_ppo(student, SimVectorEnv(variant_sim, ppo.num_envs, device), ppo, seed, log=monitor,
                       progress=progress, auxiliary=distill)
             step += ppo.total_steps
@@ -190,7 +195,7 @@ def summarise_self_context(runs: list[dict], level: float, max_drop: float, min_
     after = [r["student_return_real_after"]["opsd"] for r in runs]
     opsd_steps = [r["samples_to_level"]["opsd"] for r in runs]
     ppo_steps = [r["samples_to_level"]["ppo"] for r in runs]
-    drops = [1 - r["retention_return_after"]["opsd"] / max(r["retention_return_before"], 1e-9) for r in runs]
+    drops = {m: [1 - r["retention_return_after"][m] / max(r["retention_return_before"], 1e-9) for r in runs] for m in ("opsd", "ppo")}
     opsd_reached = all(s is not None for s in opsd_steps)
     # PPO that never reached the level within the budget counts as the budget: the ratio is then a lower bound.
     ppo_or_budget = [budget if s is None else s for s in ppo_steps]
@@ -205,17 +210,18 @@ def summarise_self_context(runs: list[dict], level: float, max_drop: float, min_
         "samples_to_level_ppo": ppo_steps,
         "sample_ratio_ppo_over_opsd": ratio,
         "sample_ratio_is_lower_bound": any(s is None for s in ppo_steps),
-        "retention_drop": mean_std(drops),
+        "retention_drop_opsd": mean_std(drops["opsd"]),
+        "retention_drop_ppo": mean_std(drops["ppo"]),
         "claims": {
             f"student >= {level:g} x teacher (real env)": bool(np.mean(after) >= level * np.mean(teacher)),
             f"OPSD needs >= {min_ratio:g}x fewer samples than PPO": ratio is not None and ratio >= min_ratio,
-            f"retention drop <= {max_drop:.0%}": bool(max(drops) <= max_drop),
+            f"retention drop <= {max_drop:.0%}": bool(max(drops["opsd"]) <= max_drop),
         },
     }
 
 
 def self_context_table(summary: dict) -> Table:
-    table = Table(title="OPSD, self-context: what consolidation bought (real env, mean ± std over seeds)", show_header=False)
+    table = Table(title="OPSD, self-context (real env; mean ± std over seeds)", show_header=False)
     fmt = lambda s: f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
     steps = lambda values: ", ".join("never" if v is None else f"{v:,.0f}" for v in values)  # noqa: E731
     ratio = summary["sample_ratio_ppo_over_opsd"]
@@ -227,7 +233,8 @@ def self_context_table(summary: dict) -> Table:
         ("student env steps to the level: OPSD", steps(summary["samples_to_level_opsd"])),
         ("student env steps to the level: PPO", steps(summary["samples_to_level_ppo"])),
         ("PPO / OPSD samples", "n/a" if ratio is None else f"{'≥ ' if summary['sample_ratio_is_lower_bound'] else ''}{ratio:.1f}x"),
-        ("retention drop (other variants, with context)", f"{summary['retention_drop']['mean']:.1%}"),
+        ("retention drop, OPSD with anchors (other variants, with context)", f"{summary['retention_drop_opsd']['mean']:.1%}"),
+        ("retention drop, PPO alone", f"{summary['retention_drop_ppo']['mean']:.1%}"),
     ] + [(claim, "met" if ok else "MISSED") for claim, ok in summary["claims"].items()]
     for key, value in rows:
         table.add_row(key, value)
@@ -268,13 +275,13 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     standardise_from(base.set_obs_stats, sim_of(list(variants)), cfg.seed)
     base.to(device)
     train_ppo(base, SimVectorEnv(old_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.pretrain_steps),
-              cfg.seed, log=Monitor(logger, "base", {}, 1, 0), progress=progress)
+              cfg.seed, log=Monitor(logger, "base", dict, 1, 0), progress=progress)
     base.cpu().save(run_dir / "base")
     veteran_path = Path(opsd.teacher.path) if opsd.teacher.path else run_dir / "veteran"
     if not opsd.teacher.path:
         veteran = copy.deepcopy(base).to(device)
         train_ppo(veteran, SimVectorEnv(new_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.veteran_steps),
-                  cfg.seed, log=Monitor(logger, "veteran", {}, 1, family.pretrain_steps), progress=progress)
+                  cfg.seed, log=Monitor(logger, "veteran", dict, 1, family.pretrain_steps), progress=progress)
         veteran.cpu().save(veteran_path)
 
     # 3. OPSD of the veteran into the base, in the new variant's dream, with anchors on the old variants.
@@ -283,9 +290,10 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     frozen_base = copy.deepcopy(base).to(device).requires_grad_(False)
     anchor_obs = torch.cat([collect_states(frozen_base, sim_of([n]), opsd.anchors.states, cfg.seed) for n in old])
     distill = Distillation(student, student, teacher, opsd, Anchors(student, frozen_base, anchor_obs, opsd.anchors.coef, opsd.anchors.batch), cfg.seed)
-    evaluations = {f"return_{n}": (lambda n=n: float(evaluate_in_sim(student, sim_of([n]), family.eval_episodes, cfg.seed).mean()))
-                   for n in variants}
-    monitor = Monitor(logger, "consolidation", evaluations, opsd.eval_every, family.pretrain_steps + family.veteran_steps)
+    def evaluate() -> dict[str, float]:
+        return {f"return_{n}": float(evaluate_in_sim(student, sim_of([n]), family.eval_episodes, cfg.seed).mean()) for n in variants}
+
+    monitor = Monitor(logger, "consolidation", evaluate, opsd.eval_every, family.pretrain_steps + family.veteran_steps)
     train_ppo(student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, log=monitor, progress=progress, auxiliary=distill)
     student.cpu().save(run_dir / "policy")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 import os
 import shutil
 import tempfile
@@ -390,14 +391,12 @@ class SequencePolicy(nn.Module):
         return _choose(self(obs_t, context)[0], deterministic, single)
 
     def bind(self, context: Tensor | np.ndarray | str | None) -> BoundSequencePolicy:
-        """The policy protocol with this context for every row: numeric, a (C,) or (1, C) array; text, a str;
-        None: an empty context."""
+        """The policy protocol with this context for every row: numeric, a (C,) or (1, C) array; text, a str (or
+        numbers, rendered as text); None: an empty context."""
         return BoundSequencePolicy(self, context)
 
     def bind_from_obs(self) -> ObsContextPolicy:
-        """Numeric codec: the policy protocol over rows `concat(context (C), observation (O))`."""
-        if self.config.codec != "numeric":
-            raise ValueError("bind_from_obs needs policy.codec=numeric (a text context is not part of the obs)")
+        """The policy protocol over rows `concat(context (C), observation (O))` (text codec: C numbers as text)."""
         return ObsContextPolicy(self)
 
     def save(self, folder: str | Path) -> Path:
@@ -429,7 +428,7 @@ class SequencePolicy(nn.Module):
         return folder
 
 
-class _Binding(nn.Module):
+class _Binding(nn.Module, ABC):
     """The policy protocol PPO and OPSD call, over a `SequencePolicy` whose context the subclass supplies.
     Its parameters are the policy's."""
 
@@ -439,13 +438,13 @@ class _Binding(nn.Module):
         super().__init__()
         self.policy = policy
 
+    @abstractmethod
     def split(self, obs: Tensor) -> tuple[Tensor, Tensor | TextContext]:
         """(B, D) rows -> the policy's (B, O) observations and their context."""
-        raise NotImplementedError
 
+    @abstractmethod
     def binding(self) -> dict:
         """How the context is bound, as saved in `policy.json`."""
-        raise NotImplementedError
 
     def forward(self, obs: Tensor) -> tuple[Categorical, Tensor]:
         """(B, D) -> (Categorical with batch shape (B,), (B,) values), one LM forward."""
@@ -483,12 +482,14 @@ class _Binding(nn.Module):
 
 
 class BoundSequencePolicy(_Binding):
-    """A `SequencePolicy` with one fixed context: a (1, C) tensor broadcast to every row (numeric), a str (text),
-    or None (an empty context)."""
+    """A `SequencePolicy` with one fixed context: a (1, C) tensor broadcast to every row (numeric), a str (text;
+    numbers are rendered as text, e.g. "[0.52, 0.3]"), or None (an empty context)."""
 
     def __init__(self, policy: SequencePolicy, context: Tensor | np.ndarray | str | None):
         super().__init__(policy)
         numeric = policy.config.codec == "numeric"
+        if not numeric and context is not None and not isinstance(context, str):
+            context = render_numbers(torch.as_tensor(np.asarray(context, dtype=np.float32)).reshape(-1))
         if context is None:
             self.context = None
         elif numeric and not isinstance(context, str):
@@ -499,8 +500,7 @@ class BoundSequencePolicy(_Binding):
         elif not numeric and isinstance(context, str):
             self.context = context
         else:
-            raise ValueError(f"policy.codec={policy.config.codec} binds "
-                             f"{'a (C,) array' if numeric else 'a str'} or None, got {type(context).__name__}")
+            raise ValueError(f"policy.codec=numeric binds a (C,) array or None, got {type(context).__name__}")
 
     def split(self, obs: Tensor) -> tuple[Tensor, Tensor | str | None]:
         if isinstance(self.context, Tensor):
@@ -513,15 +513,18 @@ class BoundSequencePolicy(_Binding):
 
 
 class ObsContextPolicy(_Binding):
-    """A numeric `SequencePolicy` over rows `concat(context (C), observation (O))`: each row's first C columns are
-    its context (for envs that expose a task variant's context in the observation)."""
+    """A `SequencePolicy` over rows `concat(context (C), observation (O))`: each row's first C columns are its
+    context (for envs that expose a task variant's context in the observation); the text codec renders them as text."""
 
-    def split(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def split(self, obs: Tensor) -> tuple[Tensor, Tensor | list[str]]:
         expected = self.policy.context_dims + self.policy.obs_dim
         if obs.ndim != 2 or obs.shape[1] != expected:
             raise ValueError(f"expected rows of context_dims + observation = {expected} numbers, "
                              f"got {tuple(obs.shape)}")
-        return obs[:, self.policy.context_dims:], obs[:, : self.policy.context_dims]
+        context = obs[:, : self.policy.context_dims]
+        if self.policy.config.codec == "text":
+            context = [render_numbers(row) for row in context.detach().cpu()]
+        return obs[:, self.policy.context_dims:], context
 
     def binding(self) -> dict:
         return {"type": "obs"}
