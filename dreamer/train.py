@@ -15,6 +15,7 @@ holds `trace.jsonl`, `env/<name>.py`, `env/report.json`, the language-model writ
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -29,15 +30,14 @@ from rich.table import Table
 
 from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, resolve_device, to_plain
-from dreamer.loggers import make_logger
-from dreamer.loggers import Logger
+from dreamer.loggers import Logger, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import SimVectorEnv
 from dreamer.traces import TraceRecorder, load_trace, record_steps, save_trace
-from dreamer.writers import WriteTask, make_writer
+from dreamer.writers import Writer, WriteTask, make_writer
 
 console = Console(stderr=True)
 
@@ -83,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def dream(cfg: DictConfig, run_dir: Path):
+def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
     """The dream loop (module docstring); with `opsd.enabled`, a checkpoint teacher distils into every round's PPO."""
     writer = make_writer(cfg.writer)
     sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")
@@ -94,11 +94,11 @@ def dream(cfg: DictConfig, run_dir: Path):
         raise ValueError("the dream loop distils from a saved veteran: set opsd.teacher.kind=checkpoint and "
                          f"opsd.teacher.path=RUN_DIR (got kind={opsd.teacher.kind!r}, path={opsd.teacher.path!r}); "
                          "self_context teachers run in +experiment=opsd_self_context")
-    return lambda logger, device: run_dream(cfg, run_dir, logger, device, writer, sandbox_config, ppo_config, policy_config, opsd)
+    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd)
 
 
-def run_dream(cfg: DictConfig, run_dir: Path, logger: Logger, device: torch.device, writer, sandbox_config: SandboxConfig,
-              ppo_config: PPOConfig, policy_config: MLPPolicyConfig, opsd: OPSDConfig) -> tuple[dict, Table]:
+def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: SandboxConfig, ppo_config: PPOConfig,
+              policy_config: MLPPolicyConfig, opsd: OPSDConfig, logger: Logger, device: torch.device) -> tuple[dict, Table]:
     teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
 
     if cfg.trace.source == "env":

@@ -13,6 +13,7 @@ from dreamer.envs import HiddenGoalEnv, family_source, goal_at
 from dreamer.opsd import (
     Anchors, ContextConfig, Distillation, OPSDConfig, ScheduleConfig, Teacher, TeacherConfig, build_context, collect_states,
 )
+from dreamer.opsd.distill import token_logits
 from dreamer.opsd.divergences import categorical_divergence, gaussian_divergence
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, train_ppo
 from dreamer.rl.sequence import SequencePolicy, SequencePolicyConfig
@@ -178,19 +179,30 @@ def test_distillation_reaches_the_student_only_and_masks_early_steps():
     distill = Distillation(student.bind(None), student, teacher, opsd_config(skip_first=3))
     obs, action = torch.rand(60, 2) - 0.5, torch.randint(5, (60,))
     episode_step = torch.arange(60) % 6  # half the rows are within the first 3 steps
-    loss, figures = distill.loss(obs, action, episode_step)
+    view = student.bind(None)
+    loss, figures = distill.loss(obs, action, episode_step, view(obs)[0])
     loss.backward()
     assert figures["opsd/valid_fraction"] == 0.5 and figures["opsd/divergence_raw"] > 0
     assert all(p.grad is None for p in teacher.model.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     # Only the valid rows count: the same loss from those rows alone, without masking.
     rows = episode_step >= 3
-    alone, _ = Distillation(student.bind(None), student, teacher, opsd_config()).loss(obs[rows], action[rows], episode_step[rows])
+    alone, _ = Distillation(view, student, teacher, opsd_config()).loss(obs[rows], action[rows], episode_step[rows], view(obs[rows])[0])
     torch.testing.assert_close(loss.detach(), alone.detach())
     # With the same (empty) context the teacher is the student: nothing to distil.
     same = Teacher.self_context(student, None, TeacherConfig("self_context", "frozen", 0.9, 1, None))
-    zero, _ = Distillation(student.bind(None), student, same, opsd_config()).loss(obs, action, episode_step)
+    zero, _ = Distillation(view, student, same, opsd_config()).loss(obs, action, episode_step, view(obs)[0])
     assert zero.abs() < 1e-6
+
+
+def test_one_token_actions_reuse_ppos_distribution_as_their_token_logits():
+    view = tiny_sequence_policy().bind(torch.tensor([0.1, 0.2]))
+    obs, action = torch.rand(8, 2), torch.randint(5, (8,))
+    own = view.action_token_logits(obs, action)
+    shortcut = token_logits(view, obs, action, view(obs)[0])
+    assert shortcut.logits.shape == own.logits.shape == (8, 1, 5)
+    torch.testing.assert_close(torch.log_softmax(shortcut.logits, -1), torch.log_softmax(own.logits, -1))
+    assert torch.equal(shortcut.tokens, own.tokens) and torch.equal(shortcut.mask, own.mask)
 
 
 def test_gaussian_policies_distil_with_the_closed_form_kl_and_anchors_add_kl_to_base():
@@ -202,7 +214,7 @@ def test_gaussian_policies_distil_with_the_closed_form_kl_and_anchors_add_kl_to_
     anchors = Anchors(student, base, torch.randn(32, 3), coef=2.0, batch=16)
     distill = Distillation(student, student, Teacher(veteran, veteran), opsd_config(**{"divergence.kind": "forward_kl"}), anchors)
     obs = torch.randn(16, 3)
-    loss, figures = distill.loss(obs, torch.zeros(16, 1), torch.zeros(16, dtype=torch.long))
+    loss, figures = distill.loss(obs, torch.zeros(16, 1), torch.zeros(16, dtype=torch.long), student(obs)[0])
     s, t = student(obs)[0], veteran(obs)[0]
     expected = gaussian_divergence(s.loc, s.scale, t.loc, t.scale, "forward_kl").mean()
     torch.testing.assert_close(figures["opsd/divergence_raw"], expected.detach())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical
+from torch.distributions import Categorical, Distribution, Normal
 
 from dreamer.opsd.divergences import (
     DivergenceConfig, DivergenceResult, categorical_divergence, gaussian_divergence, gaussian_token_divergence,
@@ -58,12 +58,13 @@ class OPSDConfig:
             raise ValueError(f"opsd.skip_first must be >= 0 and opsd.eval_every >= 1, got {self.skip_first}, {self.eval_every}")
 
 
-def token_logits(policy: nn.Module, obs: Tensor, action: Tensor) -> TokenLogits:
-    """Per-token logits of a categorical policy at the taken actions: a sequence policy's own, or one
-    token over the actions of an MLP's Categorical ((B, 1, n))."""
-    if hasattr(policy, "action_token_logits"):
+def token_logits(policy: nn.Module, obs: Tensor, action: Tensor, dist: Categorical | None = None) -> TokenLogits:
+    """Per-token logits of a categorical policy at the taken actions. When every action is one token (an MLP,
+    a numeric sequence policy), that token's distribution is the action distribution: (B, 1, n) from `dist`
+    (computed here when None); otherwise the sequence policy's own (B, L, V)."""
+    if getattr(policy, "tokens_per_action", 1) > 1:
         return policy.action_token_logits(obs, action)
-    dist, _ = policy(obs)
+    dist = policy(obs)[0] if dist is None else dist
     ones = torch.ones(len(obs), 1, dtype=torch.bool, device=obs.device)
     return TokenLogits(dist.logits[:, None, :], ones, action.long()[:, None])
 
@@ -124,12 +125,12 @@ class Distillation:
     def weights(self, update: int, num_updates: int) -> tuple[float, float]:
         return self.config.schedule.weights(update, num_updates)
 
-    def loss(self, obs: Tensor, action: Tensor, episode_step: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, obs: Tensor, action: Tensor, episode_step: Tensor, dist: Distribution) -> tuple[Tensor, dict[str, Tensor]]:
         valid = episode_step >= self.config.skip_first
         if self.gaussian:
-            result, entropies = self._gaussian(obs, action, valid)
+            result, entropies = self._gaussian(obs, dist, valid)
         else:
-            student = token_logits(self.student, obs, action)
+            student = token_logits(self.student, obs, action, dist)
             with torch.no_grad():
                 teacher = token_logits(self.teacher.view, obs, action)
             mask = student.mask & valid[:, None]
@@ -146,8 +147,7 @@ class Distillation:
             figures["opsd/anchor_kl"] = anchor_kl.detach()
         return loss, figures
 
-    def _gaussian(self, obs: Tensor, action: Tensor, valid: Tensor) -> tuple[DivergenceResult, tuple[Tensor, Tensor]]:
-        dist, _ = self.student(obs)
+    def _gaussian(self, obs: Tensor, dist: Normal, valid: Tensor) -> tuple[DivergenceResult, tuple[Tensor, Tensor]]:
         with torch.no_grad():
             teacher, _ = self.teacher.view(obs)
         result = gaussian_token_divergence(dist.loc, dist.scale, teacher.loc, teacher.scale, valid, self.config.divergence)

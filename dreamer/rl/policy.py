@@ -128,17 +128,23 @@ class MLPPolicy(nn.Module):
         return folder
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> nn.Module:
-    """Load a saved policy folder (or a run dir holding `policy/`) for acting: `.act(obs)`.
-
-    An MLP policy, or a sequence policy (`dreamer.rl.sequence`) whose `.act` uses an empty context."""
+def read_policy_meta(path: str | Path) -> tuple[Path, dict]:
+    """A saved policy folder (or a run dir holding `policy/`) -> (the folder, its `policy.json`)."""
     folder = Path(path)
     if (folder / "policy").is_dir():
         folder = folder / "policy"
     meta_path = folder / "policy.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: expected a policy folder with policy.json and policy.pt")
-    meta = json.loads(meta_path.read_text())
+    return folder, json.loads(meta_path.read_text())
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Load a saved policy folder (or a run dir holding `policy/`) for acting: `.act(obs)`.
+
+    An MLP policy, or a sequence policy (`dreamer.rl.sequence`): the one saved, bound to the context it was
+    saved with (an unbound one acts with an empty context)."""
+    folder, meta = read_policy_meta(path)
     if meta["kind"] == "sequence":
         from dreamer.rl.sequence import load_sequence_policy  # sequence.py builds on this module
 

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torch import Tensor
+from torch.distributions import Distribution
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ class AuxiliaryLoss(Protocol):
     def weights(self, update: int, num_updates: int) -> tuple[float, float]:
         """(weight of the PPO policy loss, weight of this loss) in update `update` of `num_updates`."""
 
-    def loss(self, obs: Tensor, action: Tensor, episode_step: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Minibatch (B, O) obs, (B, ...) actions, (B,) steps since the episode began -> (scalar loss, figures)."""
+    def loss(self, obs: Tensor, action: Tensor, episode_step: Tensor, dist: Distribution) -> tuple[Tensor, dict[str, Tensor]]:
+        """Minibatch (B, O) obs, (B, ...) actions, (B,) steps since the episode began, and the policy's action
+        distribution there (differentiable, from PPO's own forward) -> (scalar loss, figures)."""
 
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. an EMA teacher follows the student)."""
@@ -218,7 +220,7 @@ def train_ppo(
                 entropy = policy.entropy(dist).mean()
                 loss = ppo_weight * (pg_loss - config.ent_coef * entropy) + config.vf_coef * v_loss
                 if aux_weight:
-                    aux_loss, figures = auxiliary.loss(b_obs[mb], b_actions[mb], b_episode_step[mb])
+                    aux_loss, figures = auxiliary.loss(b_obs[mb], b_actions[mb], b_episode_step[mb], dist)
                     loss = loss + aux_weight * aux_loss
                     aux_figures.append(figures)
                 optimizer.zero_grad()

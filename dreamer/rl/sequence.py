@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from dreamer.artifacts import atomic_path, write_text
+from dreamer.rl.policy import read_policy_meta
 from dreamer.sim.contract import space_from_dict, space_to_dict
 
 CODECS = ("numeric", "text")
@@ -237,6 +238,11 @@ class SequencePolicy(nn.Module):
         self.register_buffer("candidates", torch.tensor(candidates), persistent=False)
         self.register_buffer("candidate_slots", candidate_slots, persistent=False)
         self.register_buffer("allowed", allowed, persistent=False)
+
+    @property
+    def tokens_per_action(self) -> int:
+        """L: the most tokens an action takes (numeric codec: 1)."""
+        return 1 if self.config.codec == "numeric" else int(self.action_tokens.shape[1])
 
     @property
     def device(self) -> torch.device:
@@ -470,6 +476,10 @@ class _Binding(nn.Module, ABC):
     def action_token_logits(self, obs: Tensor, action: Tensor) -> TokenLogits:
         return self.policy.action_token_logits(*self.split(obs), action)
 
+    @property
+    def tokens_per_action(self) -> int:
+        return self.policy.tokens_per_action
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> int | np.ndarray:
         """One row (D,) or a batch (B, D) -> action(s)."""
@@ -557,15 +567,9 @@ def load_sequence_policy(
 ) -> SequencePolicy | BoundSequencePolicy | ObsContextPolicy:
     """Load a saved sequence policy folder (or a run dir holding `policy/`), in eval mode: the policy itself, or
     the bound policy that was saved (so `.act(obs)` acts as it did in training)."""
-    folder = Path(path)
-    if (folder / "policy").is_dir():
-        folder = folder / "policy"
-    meta_path = folder / "policy.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: expected a policy folder with policy.json and policy.pt")
-    meta = json.loads(meta_path.read_text())
+    folder, meta = read_policy_meta(path)
     if meta.get("kind") != "sequence":
-        raise ValueError(f"{meta_path} holds a policy of kind {meta.get('kind')!r}, not 'sequence'")
+        raise ValueError(f"{folder / 'policy.json'} holds a policy of kind {meta.get('kind')!r}, not 'sequence'")
     config = SequencePolicyConfig(**meta["config"])
     if config.codec == "text":
         config = replace(config, model_path=str(folder / "model"))
