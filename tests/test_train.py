@@ -155,13 +155,27 @@ def test_opsd_veteran_pipeline_reports_every_policy_on_every_variant(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     opsd = metrics["opsd"]
     assert metrics["pipeline"] == "opsd_veteran" and opsd["setting"] == "veteran"
-    assert set(opsd["real_returns"]) == {"base", "veteran (naive fine-tuning)", "base + OPSD with anchors"}
+    assert set(opsd["real_returns"]) == {"base", "veteran", "consolidated"}
     assert all(set(per_variant) == {"A", "B", "C"} for per_variant in opsd["real_returns"].values())
     assert len(opsd["claims"]) == 3 and all(isinstance(ok, bool) for ok in opsd["claims"].values())
     assert opsd["curve"][0]["env_steps"] == 0 and {"return_A", "return_B", "return_C"} <= opsd["curve"][-1].keys()
     assert "opsd/anchor_kl" in opsd["last_update"] and "opsd/teacher_entropy" in opsd["last_update"]
     for name in ("base", "veteran", "policy"):
         assert load_policy(run_dir / name).act([0.0, 0.0, 1.0]) in range(5)
+
+
+@pytest.mark.slow
+def test_an_opsd_run_is_reproduced_by_its_seed(tmp_path):
+    figures = []
+    for name in ("first", "second"):
+        done = train("+experiment=opsd_veteran", *TINY_OPSD, "family.pretrain_steps=2048", "family.veteran_steps=2048",
+                     "seed=5", f"hydra.run.dir={tmp_path / name}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        opsd = json.loads((tmp_path / name / "metrics.json").read_text())["opsd"]
+        last_update = {key: value for key, value in opsd["last_update"].items() if key != "steps_per_second"}  # a timing
+        figures.append((last_update, opsd["curve"], opsd["real_returns"]))
+    assert figures[0] == figures[1]
+    assert figures[0][0]["policy_loss"] != 0 and figures[0][0]["opsd/divergence_raw"] > 0  # real figures were compared
 
 
 @pytest.mark.slow

@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Normal
 
+from dreamer.opsd.context import ContextConfig
 from dreamer.opsd.divergences import (
     DivergenceConfig, DivergenceResult, categorical_divergence, gaussian_divergence, gaussian_token_divergence,
     token_divergence,
 )
-from dreamer.opsd.context import ContextConfig
 from dreamer.opsd.schedules import ScheduleConfig
 from dreamer.opsd.teachers import Teacher, TeacherConfig
 from dreamer.rl.sequence import TokenLogits

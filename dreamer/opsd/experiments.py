@@ -77,9 +77,10 @@ def mean_std(values) -> dict[str, float]:
 
 def standardise_from(policy_stats: Callable[[np.ndarray, np.ndarray], None], sim: FuncSim, seed: int,
                      columns: slice = slice(None)) -> None:
-    """Set a policy's fixed obs statistics from `sim`'s observations under random actions."""
+    """Set a policy's fixed obs statistics from `sim`'s observations under random actions (seeded by `seed`)."""
     envs = SimVectorEnv(sim, 256)
     obs, _ = envs.reset(seed=seed)
+    envs.action_space.seed(seed)
     rows = [obs]
     for _ in range(sim.max_episode_steps):
         obs, *_ = envs.step(envs.action_space.sample())
@@ -120,8 +121,9 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
 
     runs = []
     for seed in family.seeds:
-        # 2. A new variant; a session of random actions in its real env reveals the goal.
-        angle = float(np.random.default_rng(seed).uniform(0.0, 360.0))
+        # 2. A new variant that the empty-context student cannot do yet; a session of random actions in its
+        # real env reveals the goal.
+        angle, draws = new_variant(model.to(device), family, seed)
         real_env = HiddenGoalEnv(goal_at(angle, radius))
         session = record_steps(TraceRecorder(real_env), family.session_steps, seed, None)
         save_trace(session, run_dir / f"seed_{seed}" / "trace.jsonl")
@@ -134,8 +136,7 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
         def on_family(model_) -> float:
             return float(evaluate_in_sim(model_.bind_from_obs(), family_sim, episodes, seed).mean())
 
-        teacher = Teacher.self_context(model, context.to(device), opsd.teacher)
-        teacher_return = in_variant(teacher.view)
+        teacher_return = in_variant(model.bind(context.to(device)))  # the model with the session's context
         retention_before = on_family(model)
 
         # 3. Consolidation by PPO + OPSD, and by PPO alone, from the same start and with the same budget.
@@ -151,6 +152,7 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
                 anchors = Anchors(student_model.bind_from_obs(), base.bind_from_obs(), anchor_obs, opsd.anchors.coef, opsd.anchors.batch)
                 distill = Distillation(student, student_model, Teacher.self_context(student_model, context.to(device), opsd.teacher),
                                        opsd, anchors, seed)
+
             def evaluate() -> dict[str, float]:
                 student_return = in_variant(student)
                 teacher_now = teacher_return if distill is None or opsd.teacher.mode == "frozen" else in_variant(distill.teacher.view)
@@ -169,7 +171,7 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
         level = family.level * teacher_return
         reached = {method: first_reaching(curves[method], "student_return", level) for method in curves}
         runs.append({
-            "seed": seed, "goal_angle_deg": angle, "context": context.tolist(), "session_steps": len(session),
+            "seed": seed, "goal_angle_deg": angle, "goal_draws": draws, "context": context.tolist(), "session_steps": len(session),
             "teacher_return_dream": teacher_return,
             "teacher_return_real": float(evaluate_policy(model.cpu().bind(context), real_env, episodes, cfg.eval.seed).mean()),
             "student_return_real_before": float(evaluate_policy(model.bind(None), real_env, episodes, cfg.eval.seed).mean()),
@@ -187,6 +189,23 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
 
     summary = summarise_self_context(runs, family.level, family.max_retention_drop, family.min_sample_ratio, ppo.total_steps)
     return {"opsd": {"setting": "self_context", "seeds": list(family.seeds), "summary": summary, "runs": runs}}, self_context_table(summary)
+
+
+def new_variant(model: SequencePolicy, family: DictConfig, seed: int, max_draws: int = 100) -> tuple[float, int]:
+    """A goal angle (degrees) drawn from `seed` where the empty-context student, in the dream of that goal,
+    returns at most `family.student_below` x the model with the goal as its context; and the draws it took."""
+    rng = np.random.default_rng(seed)
+    for draw in range(1, max_draws + 1):
+        angle = float(rng.uniform(0.0, 360.0))
+        goal = goal_at(angle, family.radius)
+        truth = FuncSim.from_source(family_source([goal], radius=family.radius), "truth")
+        student = evaluate_in_sim(model.bind(None), truth, family.eval_episodes, seed).mean()
+        teacher = evaluate_in_sim(model.bind(torch.tensor(goal)), truth, family.eval_episodes, seed).mean()
+        if student <= family.student_below * teacher:
+            return angle, draw
+    raise RuntimeError(f"in {max_draws} draws no goal had the empty-context student below family.student_below="
+                       f"{family.student_below} x the model with the goal as context: the pretrained model may not use "
+                       "its context (raise family.pretrain_steps)")
 
 
 def summarise_self_context(runs: list[dict], level: float, max_drop: float, min_ratio: float, budget: int) -> dict:
@@ -297,9 +316,8 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     train_ppo(student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, log=monitor, progress=progress, auxiliary=distill)
     student.cpu().save(run_dir / "policy")
 
-    returns = {"base": real_returns(base), "veteran (naive fine-tuning)": real_returns(teacher.model.cpu()),
-               "base + OPSD with anchors": real_returns(student)}
-    vet, ours, before = returns["veteran (naive fine-tuning)"], returns["base + OPSD with anchors"], returns["base"]
+    returns = {"base": real_returns(base), "veteran": real_returns(teacher.model.cpu()), "consolidated": real_returns(student)}
+    vet, ours, before = returns["veteran"], returns["consolidated"], returns["base"]
     kept = {n: ours[n] / max(before[n], 1e-9) for n in old}
     claims = {f"consolidated >= {family.level:g} x veteran on {new}": ours[new] >= family.level * vet[new],
               **{f"consolidated keeps >= {family.min_kept:.0%} of the base on {n}": kept[n] >= family.min_kept for n in old}}
@@ -311,8 +329,10 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     table.add_column("policy")
     for name in variants:
         table.add_column(f"{name}{' (new)' if name == new else ''}", justify="right")
-    for policy_name, per_variant in returns.items():
-        table.add_row(policy_name, *(f"{per_variant[n]:.2f}" for n in variants))
+    labels = {"base": "base", "veteran": "veteran (naive fine-tuning)",
+              "consolidated": f"base + OPSD, anchors x {opsd.anchors.coef:g}"}
+    for key, per_variant in returns.items():
+        table.add_row(labels[key], *(f"{per_variant[n]:.2f}" for n in variants))
     for claim, ok in claims.items():
         table.add_row(claim, "met" if ok else "MISSED")
     return {"opsd": result}, table
