@@ -89,14 +89,17 @@ def standardise_from(policy_stats: Callable[[np.ndarray, np.ndarray], None], sim
     policy_stats(rows.mean(0), rows.std(0))
 
 
+def build_sections(cfg: DictConfig, policy_config: type, teacher_kind: str) -> tuple[OPSDConfig, PPOConfig, object]:
+    """The `opsd`, `algo` and `policy` sections of an OPSD pipeline, checked (the teacher must be `teacher_kind`)."""
+    opsd = build(OPSDConfig, cfg.opsd, "opsd")
+    if opsd.teacher.kind != teacher_kind:
+        raise ValueError(f"pipeline={cfg.pipeline} needs opsd.teacher.kind={teacher_kind}, got {opsd.teacher.kind!r}")
+    return opsd, build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress")), build(policy_config, cfg.policy, "policy", ignore=("kind",))
+
+
 def self_context(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
     """Check the config of `opsd_self_context`; returns the run."""
-    opsd = build(OPSDConfig, cfg.opsd, "opsd")
-    ppo = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
-    policy_config = build(SequencePolicyConfig, cfg.policy, "policy", ignore=("kind",))
-    if opsd.teacher.kind != "self_context":
-        raise ValueError(f"opsd_self_context needs opsd.teacher.kind=self_context, got {opsd.teacher.kind!r}")
-    return partial(run_self_context, cfg, run_dir, opsd, ppo, policy_config)
+    return partial(run_self_context, cfg, run_dir, *build_sections(cfg, SequencePolicyConfig, "self_context"))
 
 
 def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig, policy_config: SequencePolicyConfig,
@@ -262,14 +265,10 @@ def self_context_table(summary: dict) -> Table:
 
 def veteran(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
     """Check the config of `opsd_veteran`; returns the run."""
-    opsd = build(OPSDConfig, cfg.opsd, "opsd")
-    ppo = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
-    policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
-    if opsd.teacher.kind != "checkpoint":
-        raise ValueError(f"opsd_veteran needs opsd.teacher.kind=checkpoint, got {opsd.teacher.kind!r}")
+    sections = build_sections(cfg, MLPPolicyConfig, "checkpoint")
     if cfg.family.new_variant not in cfg.family.variants or not set(cfg.family.old_variants) <= set(cfg.family.variants):
         raise ValueError(f"family.new_variant and family.old_variants must name variants in {list(cfg.family.variants)}")
-    return partial(run_veteran, cfg, run_dir, opsd, ppo, policy_config)
+    return partial(run_veteran, cfg, run_dir, *sections)
 
 
 def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig, policy_config: MLPPolicyConfig,
