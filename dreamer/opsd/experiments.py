@@ -288,7 +288,8 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
 
     # 1. The base: PPO on the old variants. 2. The veteran: the base fine-tuned by PPO on the new one.
     torch.manual_seed(cfg.seed)
-    old_sim, new_sim = sim_of(old), sim_of([new])
+    single = {name: sim_of([name]) for name in variants}  # each variant's dream alone
+    old_sim, new_sim = sim_of(old), single[new]
     base = MLPPolicy(old_sim.observation_space, old_sim.action_space, policy_config)
     standardise_from(base.set_obs_stats, sim_of(list(variants)), cfg.seed)
     base.to(device)
@@ -306,10 +307,11 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     teacher = Teacher.checkpoint(veteran_path, device)
     student = copy.deepcopy(base).to(device)
     frozen_base = copy.deepcopy(base).to(device).requires_grad_(False)
-    anchor_obs = torch.cat([collect_states(frozen_base, sim_of([n]), opsd.anchors.states, cfg.seed) for n in old])
+    anchor_obs = torch.cat([collect_states(frozen_base, single[n], opsd.anchors.states, cfg.seed) for n in old])
     distill = Distillation(student, student, teacher, opsd, Anchors(student, frozen_base, anchor_obs, opsd.anchors.coef, opsd.anchors.batch), cfg.seed)
+
     def evaluate() -> dict[str, float]:
-        return {f"return_{n}": float(evaluate_in_sim(student, sim_of([n]), family.eval_episodes, cfg.seed).mean()) for n in variants}
+        return {f"return_{n}": float(evaluate_in_sim(student, sim, family.eval_episodes, cfg.seed).mean()) for n, sim in single.items()}
 
     monitor = Monitor(logger, "consolidation", evaluate, opsd.eval_every, family.pretrain_steps + family.veteran_steps)
     train_ppo(student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, log=monitor, progress=progress, auxiliary=distill)

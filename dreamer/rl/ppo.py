@@ -21,11 +21,9 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorWrapper
-from torch import nn
-from tqdm.auto import tqdm
-
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
