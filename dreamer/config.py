@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from dreamer.traces.storage import TABLES
+from dreamer.traces.table import TableColumns
+
 T = TypeVar("T")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra configs of `python -m dreamer.train`/`.write`
 
 
 def to_plain(values: Any) -> Any:
@@ -52,3 +58,27 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but this machine has no CUDA device; use device=cpu or device=auto")
     return resolved
+
+
+def require_set(cfg: DictConfig, command: str) -> None:
+    """Raise ValueError naming every `???` value of `cfg` that the command line must set."""
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise ValueError(f"config value(s) {missing} must be set, e.g. python -m {command} {missing[0]}=...")
+
+
+def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `python -m dreamer.<name>` would run with these command-line overrides (for notebooks)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name={"train": "config"}.get(name, name), overrides=list(overrides))
+
+
+def trace_columns(trace: Mapping[str, Any]) -> TableColumns | None:
+    """The `trace.columns` mapping for a CSV or Parquet `trace.path`; None for the other formats, for
+    which a mapping other than the default is an error naming the key."""
+    columns = build(TableColumns, trace["columns"], "trace.columns")
+    if Path(str(trace["path"])).suffix in TABLES:
+        return columns
+    if columns != TableColumns():
+        raise ValueError(f"trace.columns maps the columns of {' and '.join(TABLES)} files; "
+                         f"trace.path={trace['path']} is not one (leave trace.columns at its defaults)")
+    return None

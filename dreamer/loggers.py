@@ -1,11 +1,17 @@
-"""Metric loggers: wandb (offline by default, never prompts, never hangs the run) or none."""
+"""Metric loggers. Every run appends its rows to `<run dir>/history.jsonl`; `logger.kind` adds wandb
+(offline by default, never prompts, never hangs the run) or nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
 from typing import Protocol
+
+from dreamer.artifacts import finite_or_none
+
+HISTORY = "history.jsonl"
 
 
 class Logger(Protocol):
@@ -13,12 +19,18 @@ class Logger(Protocol):
     def finish(self) -> None: ...
 
 
-class NullLogger:
+class HistoryLogger:
+    """Appends each row as one JSON line `{"step": int, **metrics}` (NaN/inf as null), flushed at once."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
     def log(self, metrics: dict, step: int) -> None:
-        pass
+        self.file.write(json.dumps(finite_or_none({"step": step, **metrics}), default=float) + "\n")
+        self.file.flush()
 
     def finish(self) -> None:
-        pass
+        self.file.close()
 
 
 class WandbLogger:
@@ -34,12 +46,28 @@ class WandbLogger:
         self.run.finish()
 
 
-def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str, init_timeout_s: float) -> Logger:
-    """`kind` "wandb" or "none". A wandb that cannot start is reported and replaced by none."""
-    if kind == "none":
-        return NullLogger()
-    if kind != "wandb":
+class Loggers:
+    """Every row to each of `loggers`."""
+
+    def __init__(self, *loggers: Logger):
+        self.loggers = loggers
+
+    def log(self, metrics: dict, step: int) -> None:
+        for logger in self.loggers:
+            logger.log(metrics, step)
+
+    def finish(self) -> None:
+        for logger in self.loggers:
+            logger.finish()
+
+
+def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str, init_timeout_s: float) -> Loggers:
+    """The run's history file, plus wandb for `kind` "wandb" (one that cannot start is reported and left out)."""
+    if kind not in ("wandb", "none"):
         raise ValueError(f"logger.kind must be 'wandb' or 'none', got {kind!r}")
+    history = HistoryLogger(Path(run_dir) / HISTORY)
+    if kind == "none":
+        return Loggers(history)
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
         import wandb
@@ -51,7 +79,7 @@ def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str,
             config=config,
             settings=wandb.Settings(init_timeout=init_timeout_s, console="off", silent=True),
         )
-        return WandbLogger(run)
+        return Loggers(history, WandbLogger(run))
     except Exception as error:  # wandb must never stop the run
-        warnings.warn(f"wandb could not start ({error}); metrics go to metrics.json only", stacklevel=2)
-        return NullLogger()
+        warnings.warn(f"wandb could not start ({error}); metrics go to history.jsonl and metrics.json only", stacklevel=2)
+        return Loggers(history)

@@ -4,12 +4,11 @@
 and `opsd_veteran` (`dreamer.opsd.experiments`). Every pipeline writes `config.yaml` first and
 `metrics.json` last into a new run dir.
 
-The dream loop: each round records real steps (or loads the trace file), has the writer write a sim from the
-session's training episodes that the sandbox accepts on the held-out episodes, and trains PPO in
-vectorized copies of the accepted sim. The final policy is evaluated in the real env. The run dir
-holds `trace.jsonl`, `env/<name>.py`, `env/report.json`, the language-model writer's audit trail
-`env/search/` (earlier rounds under `env/round_<r>/`), `policy/`, `metrics.json` and the resolved
-`config.yaml`.
+The dream loop: each round records real steps (appended to `trace.jsonl` as each episode ends) or
+loads the trace file, has the writer write a sim from the session's training episodes that the sandbox
+accepts on the held-out episodes, and trains PPO in vectorized copies of the accepted sim. The final
+policy is evaluated in the real env. The run dir holds `trace.jsonl`, the write stage's `env/` (see `dreamer.writers.stage`; earlier rounds under
+`env/round_<r>/`), `policy/`, `history.jsonl`, `metrics.json` and the resolved `config.yaml`.
 """
 
 from __future__ import annotations
@@ -28,16 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from dreamer.artifacts import write_json, write_text
-from dreamer.config import build, resolve_device, to_plain
+from dreamer.artifacts import refuse_finished, write_json, write_text
+from dreamer.config import build, require_set, resolve_device, to_plain, trace_columns
 from dreamer.loggers import Logger, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import SimVectorEnv
-from dreamer.traces import TraceRecorder, load_trace, record_steps, save_trace
-from dreamer.writers import Writer, WriteTask, make_writer
+from dreamer.traces import TableColumns, TraceRecorder, load_trace, record_steps, save_trace
+from dreamer.writers import Writer, make_writer, verdict_line, write_sim
 
 console = Console(stderr=True)
 
@@ -63,10 +62,8 @@ def summary_table(metrics: dict) -> Table:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Check the config, run `cfg.pipeline`; returns the metrics also written to `run_dir/metrics.json`."""
     start = time.perf_counter()
-    if (run_dir / "metrics.json").exists():
-        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
-    if missing := sorted(OmegaConf.missing_keys(cfg)):
-        raise ValueError(f"config value(s) {missing} must be set, e.g. python -m dreamer.train {missing[0]}=...")
+    refuse_finished(run_dir)
+    require_set(cfg, "dreamer.train")
     if cfg.pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {sorted(PIPELINES)}, got {cfg.pipeline!r}")
     device = resolve_device(cfg.device)
@@ -94,20 +91,22 @@ def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tu
         raise ValueError("the dream loop distils from a saved veteran: set opsd.teacher.kind=checkpoint and "
                          f"opsd.teacher.path=RUN_DIR (got kind={opsd.teacher.kind!r}, path={opsd.teacher.path!r}); "
                          "self_context teachers run in +experiment=opsd_self_context")
-    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd)
+    columns = trace_columns(cfg.trace) if cfg.trace.source == "file" else None
+    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd, columns)
 
 
 def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: SandboxConfig, ppo_config: PPOConfig,
-              policy_config: MLPPolicyConfig, opsd: OPSDConfig, logger: Logger, device: torch.device) -> tuple[dict, Table]:
+              policy_config: MLPPolicyConfig, opsd: OPSDConfig, columns: TableColumns | None, logger: Logger,
+              device: torch.device) -> tuple[dict, Table]:
     teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
 
     if cfg.trace.source == "env":
         rounds = list(cfg.trace.steps_per_round or [])
         if not rounds or any(not isinstance(steps, int) or steps < 1 for steps in rounds):
             raise ValueError(f"trace.steps_per_round must be a non-empty list of positive ints, got {rounds}")
-        recorder = TraceRecorder(gymnasium.make(cfg.trace.env_id))
+        recorder = TraceRecorder(gymnasium.make(cfg.trace.env_id), path=run_dir / "trace.jsonl")  # appends as it goes
     elif cfg.trace.source == "file":
-        session = load_trace(cfg.trace.path)
+        session = load_trace(cfg.trace.path, columns)
         save_trace(session, run_dir / "trace.jsonl")
         rounds = [None]
     else:
@@ -123,20 +122,13 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
                           f" acting {'at random' if policy is None else 'with the dream policy'}")
             behaviour = None if policy is None else partial(policy.act, deterministic=False)
             session = record_steps(recorder, num_steps, cfg.seed + r, behaviour)
-            save_trace(session, run_dir / "trace.jsonl")
         train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
         round_dir = env_dir if last else env_dir / f"round_{r}"
         previous = written.source if written is not None else None
-        written = writer.write(WriteTask(train_trace, held_out, sandbox_config, cfg.sim.name, round_dir / "search",
-                                         previous))
+        written = write_sim(writer, train_trace, held_out, sandbox_config, cfg.sim.name, round_dir, previous)
         report = written.report
-        write_text(round_dir / f"{cfg.sim.name}.py", written.source)
-        report.save(round_dir / "report.json")
-        fidelity = report.fidelity or {}
-        console.print(f"  writer={writer.name} ({written.label}): {'accepted' if report.accepted else 'REJECTED'} "
-                      f"(one-step NRMSE {fidelity.get('obs_nrmse_mean', float('nan')):.3g}, "
-                      f"termination accuracy {fidelity.get('termination_accuracy', float('nan')):.3g})")
-        logger.log({f"fidelity/{k}": v for k, v in fidelity.items() if isinstance(v, int | float)}, dream_steps)
+        console.print(f"  writer={writer.name} ({written.label}): {verdict_line(report)}")
+        logger.log({f"fidelity/{k}": v for k, v in (report.fidelity or {}).items() if isinstance(v, int | float)}, dream_steps)
         if not report.accepted:
             break
         sim = load_sim(round_dir / f"{cfg.sim.name}.py")
@@ -154,6 +146,8 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 
+    if cfg.trace.source == "env":
+        recorder.close()  # writes the episode the last round cut short
     returns, teacher_returns, report = None, None, written.report
     if report.accepted:
         policy.cpu().save(run_dir / "policy")

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium
@@ -27,3 +29,35 @@ def held_out() -> Trace:
 def config() -> SandboxConfig:
     """The sandbox as `conf/sandbox/default.yaml` sets it."""
     return SandboxConfig.from_dict(OmegaConf.load(ROOT / "conf" / "sandbox" / "default.yaml"))
+
+
+def run_module(module: str, *overrides: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m <module> <overrides>` as a user would type it; returns the finished process."""
+    return subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+TINY_DREAM = ["logger=none", "algo.progress=false", "algo.total_steps=4096", "algo.num_envs=32", "algo.num_steps=32",
+              "eval.episodes=2"]
+TINY_OPSD = ["logger=none", "algo.progress=false", "algo.num_envs=32", "algo.num_steps=32", "algo.total_steps=2048",
+             "family.eval_episodes=8", "opsd.anchors.states=64", "opsd.anchors.batch=32"]
+
+
+@pytest.fixture(scope="session")
+def dream_run(tmp_path_factory) -> Path:
+    """A finished tiny `python -m dreamer.train` run (CartPole, two rounds) to read back."""
+    run_dir = tmp_path_factory.mktemp("dream") / "run"
+    done = run_module("dreamer.train", *TINY_DREAM, "trace.steps_per_round=[400,800]", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def self_context_run(tmp_path_factory) -> Path:
+    """A finished tiny `+experiment=opsd_self_context` run (seeds 0 and 1, a one-layer model)."""
+    run_dir = tmp_path_factory.mktemp("self_context") / "run"
+    done = run_module("dreamer.train", "+experiment=opsd_self_context", *TINY_OPSD, "family.pretrain_steps=2048",
+                      "family.seeds=[0,1]", "policy.model.hidden_size=16", "policy.model.intermediate_size=32",
+                      "policy.model.num_hidden_layers=1", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir

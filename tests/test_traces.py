@@ -291,8 +291,8 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(TraceError, match="missing.jsonl: no such file"):
         load_trace(tmp_path / "missing.jsonl")
     for action in (load_trace, lambda path: save_trace(tiny(), path)):
-        with pytest.raises(TraceError, match=r"trace\.csv: unknown trace suffix '\.csv'; expected one of \['\.jsonl'"):
-            action(tmp_path / "trace.csv")
+        with pytest.raises(TraceError, match=r"trace\.txt: unknown trace suffix '\.txt'; expected one of \['\.jsonl'"):
+            action(tmp_path / "trace.txt")
     assert list(tmp_path.iterdir()) == []
 
 

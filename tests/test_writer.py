@@ -2,12 +2,13 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from omegaconf import OmegaConf
 
 from dreamer.config import build
 from dreamer.sandbox import check_source
 from dreamer.sim import FuncSim
-from dreamer.traces import collect_trace
+from dreamer.traces import Trace, collect_trace
 from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
 from dreamer.writers.symbolic import Coordinates
 
@@ -60,3 +61,20 @@ def test_written_initial_states_stay_in_the_box_of_episode_starts(writer):
     states = sim.initial(torch.Generator().manual_seed(0), 4096).numpy()
     assert (states >= starts.min(0) - 1e-6).all() and (states <= starts.max(0) + 1e-6).all()
     assert (states.max(0) - states.min(0) > 0.9 * (starts.max(0) - starts.min(0))).all()
+
+
+def test_a_reward_on_the_cosine_of_a_coordinate_reads_that_coordinate(writer):
+    """Regressions: the reward once used `cos_x0` without unpacking `x0`; a never-taken action crashed the fit."""
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-3, 3, (600, 2)).astype(np.float32)
+    next_obs = (0.9 * obs).astype(np.float32)
+    trace = Trace(obs=obs, action=np.zeros(600, dtype=np.int64), reward=np.cos(obs[:, 0]).astype(np.float32),
+                  next_obs=next_obs, terminated=np.zeros(600, bool), truncated=np.arange(600) % 50 == 49,
+                  episode=np.arange(600) // 50, episode_ids=[str(i) for i in range(12)],
+                  observation_space=spaces.Box(-10, 10, (2,)), action_space=spaces.Discrete(2))
+    source = writer.draft(trace)
+    assert "cos_x0" in source
+    sim = FuncSim.from_source(source)
+    state = torch.as_tensor(obs[:8])
+    reward = sim.reward(state, torch.zeros(8, dtype=torch.long), state, torch.Generator())
+    np.testing.assert_allclose(reward.numpy(), np.cos(obs[:8, 0]), atol=1e-4)

@@ -50,4 +50,5 @@ def build_context(trace: Trace, config: ContextConfig) -> torch.Tensor | str:
         return torch.as_tensor(rows.reshape(-1))
     parts = [trace.notes.strip()] if trace.notes.strip() else []
     parts += [f"step {row}: {text}" for row, text in sorted(trace.feedback.items())]
+    parts += [f"episode {episode}: {text}" for episode, text in sorted(trace.episode_feedback.items())]
     return "\n".join(parts)

@@ -22,6 +22,7 @@ from dreamer.artifacts import write_json
 from dreamer.sandbox.config import SandboxConfig
 from dreamer.sandbox.isolation import run_isolated
 from dreamer.sandbox.static import check_source
+from dreamer.sandbox.worker import HELD_OUT_ARRAYS
 from dreamer.sim.contract import space_to_dict
 from dreamer.traces import Trace
 
@@ -63,9 +64,7 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
         return SandboxReport(False, [f"unsafe source: {line}" for line in lines], {"static": static}, {},
                              "static check only (no process started)", time.monotonic() - start, name)
     with tempfile.TemporaryDirectory(prefix="dreamer-sandbox-") as workdir:
-        arrays = {key: getattr(held_out, key) for key in
-                  ("obs", "action", "reward", "next_obs", "terminated", "episode")}
-        np.savez(Path(workdir) / "held_out.npz", **arrays)
+        np.savez(Path(workdir) / "held_out.npz", **{key: getattr(held_out, key) for key in HELD_OUT_ARRAYS})
         request = {
             "name": name,
             "source": source,

@@ -22,7 +22,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +40,8 @@ CHECKS = ("loads", "spaces", "gymnasium_checker", "shapes_and_dtypes", "rows_ind
           "deterministic", "finite", "fidelity", "planning")
 SIGNIFICANT_DIGITS = 6  # of the numbers in counterexamples
 MAX_DETAIL_CHARS = 4000
-ROW_ATOL = 1e-5  # rows_independent tolerance (float32 kernels may differ in the last bits)
+ROW_ATOL = 1e-5
+HELD_OUT_ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "episode")  # what the suite reads  # rows_independent tolerance (float32 kernels may differ in the last bits)
 
 
 @dataclass
@@ -64,6 +65,12 @@ class HeldOut:
     episode: torch.Tensor
     observation_shape: tuple[int, ...]
     action_space: dict
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], observation_shape, action_space: dict) -> HeldOut:
+        """From the `HELD_OUT_ARRAYS` of a Trace (or of the NPZ the sandbox writes)."""
+        return cls(**{key: torch.from_numpy(np.asarray(arrays[key])) for key in HELD_OUT_ARRAYS},
+                   observation_shape=tuple(observation_shape), action_space=action_space)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -404,10 +411,7 @@ def run_suite(request: dict) -> dict:
     """Every check of the module docstring; a raising check fails with its traceback."""
     config = SandboxConfig.from_dict(request["config"])
     with np.load(request["held_out"], allow_pickle=False) as arrays:
-        tensors = {key: torch.from_numpy(arrays[key]) for key in
-                   ("obs", "action", "reward", "next_obs", "terminated", "episode")}
-    held_out = HeldOut(**tensors, observation_shape=tuple(request["observation_shape"]),
-                       action_space=request["action_space"])
+        held_out = HeldOut.from_arrays(arrays, request["observation_shape"], request["action_space"])
     checks: dict[str, Check] = {}
     figures: dict = {}
 

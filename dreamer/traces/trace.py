@@ -12,6 +12,9 @@
 
 Only the last transition of an episode may be terminated or truncated; an episode may also end
 without either (the recording stopped there). All float data is finite.
+
+Readers build a Trace chunk by chunk (`TraceChunks`), accumulating its `TraceSummary` on the way
+(`SummaryAccumulator`), so loading never needs a second pass over the data or a float64 copy of it.
 """
 
 from __future__ import annotations
@@ -31,19 +34,24 @@ ARRAYS = {
     "truncated": np.bool_,
     "episode": np.int64,
 }
+CHUNK_ROWS = 1 << 14  # rows per chunk when reading, writing or summarizing a trace in pieces
 
 
 class TraceError(ValueError):
     """Bad trace input; the message says where (file:line, or row), which field, and what was expected."""
 
-    def __init__(self, problem: str, where: str = "", field: str | None = None, row: int | None = None):
-        self.problem, self.field, self.row = problem, field, row
+    def __init__(self, problem: str, where: str = "", field: str | None = None, row: int | None = None,
+                 columns: tuple[str, ...] = ()):
+        self.problem, self.field, self.row, self.columns = problem, field, row, columns
         where = where or ("" if row is None else f"row {row}")
-        super().__init__(": ".join(part for part in (where, field and f'field "{field}"', problem) if part))
+        named = field and f'field "{field}"'
+        if named and columns:  # the table columns that hold the field
+            named += f" (column{'s' * (len(columns) > 1)} " + ", ".join(f'"{c}"' for c in columns) + ")"
+        super().__init__(": ".join(part for part in (where, named, problem) if part))
 
-    def at(self, where: str) -> TraceError:
-        """The same error, located at `where` (a file and line) instead of a row."""
-        return TraceError(self.problem, where, self.field, self.row)
+    def at(self, where: str, columns: tuple[str, ...] = ()) -> TraceError:
+        """The same error, located at `where` (a file and line) instead of a row, naming `columns` if given."""
+        return TraceError(self.problem, where, self.field, self.row, columns or self.columns)
 
 
 class TraceWarning(UserWarning):
@@ -83,6 +91,16 @@ def _array(name: str, value, dtype, shape: tuple) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
+def _texts(name: str, texts, key: str, n: int) -> dict[int, str]:
+    """`texts` as {index in 0..n-1: str}, or TraceError."""
+    ok = isinstance(texts, dict) and all(
+        isinstance(k, int | np.integer) and 0 <= k < n and isinstance(v, str) for k, v in texts.items()
+    )
+    if not ok:
+        raise TraceError(f"expected {{{key} in 0..{n - 1}: text}}, got {short(texts)}", field=name)
+    return {int(k): v for k, v in texts.items()}
+
+
 def _require_rows(name: str, ok: np.ndarray, expected: str, values: np.ndarray) -> None:
     """Raise TraceError at the first row where `ok` is False."""
     if not ok.all():
@@ -109,6 +127,10 @@ class Trace:
     max_episode_steps: int | None = None  # the recording env's time limit when known
     feedback: dict[int, str] = field(default_factory=dict)  # transition index -> feedback text
     info: list[dict] | None = None  # per-transition info dicts when present
+    episode_feedback: dict[int, str] = field(default_factory=dict)  # episode index -> feedback text
+    # the statistics of the arrays, taken once (a reader accumulates them while reading); the
+    # arrays are not to be changed in place after that
+    _summary: TraceSummary | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         """Coerce the arrays to their dtypes and check shapes, finiteness, actions and episodes."""
@@ -136,12 +158,8 @@ class Trace:
         for key in ("name", "notes"):
             if not isinstance(getattr(self, key), str):
                 raise TraceError(f"expected a string, got {short(getattr(self, key))}", field=key)
-        feedback_ok = isinstance(self.feedback, dict) and all(
-            isinstance(k, int | np.integer) and 0 <= k < n and isinstance(v, str) for k, v in self.feedback.items()
-        )
-        if not feedback_ok:
-            raise TraceError(f"expected {{row in 0..{n - 1}: text}}, got {short(self.feedback)}", field="feedback")
-        self.feedback = {int(k): v for k, v in self.feedback.items()}
+        self.feedback = _texts("feedback", self.feedback, "row", n)
+        self.episode_feedback = _texts("episode_feedback", self.episode_feedback, "episode", self.num_episodes)
         if self.info is not None and (len(self.info) != n or not all(isinstance(i, dict) for i in self.info)):
             raise TraceError(f"expected None or a list of {n} dicts, got {short(self.info)}", field="info")
         horizon = self.max_episode_steps
@@ -155,8 +173,8 @@ class Trace:
         episode = self.episode
         if episode.max() != len(ids) - 1:
             raise TraceError(f"expected {episode.max() + 1} ids (one per episode), got {len(ids)}", field="episode_ids")
-        ok = np.isin(np.diff(episode, prepend=-1), (0, 1))  # same episode or the next one
-        ok[0] = episode[0] == 0
+        step = np.diff(episode)  # 0: the same episode, 1: the next one
+        ok = np.append(episode[0] == 0, (step == 0) | (step == 1))
         if not ok.all():
             row = int(np.argmin(ok))
             if row and 0 <= episode[row] < episode[row - 1]:
@@ -178,7 +196,7 @@ class Trace:
             return NotImplemented
         return all(
             a.dtype == b.dtype and np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-            for a, b in ((getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+            for a, b in ((getattr(self, f.name), getattr(other, f.name)) for f in fields(self) if f.compare)
         )
 
     def __len__(self) -> int:
@@ -219,6 +237,8 @@ class Trace:
             max_episode_steps=self.max_episode_steps,
             feedback={int(new_row[k]): v for k, v in self.feedback.items() if new_row[k] >= 0},
             info=None if self.info is None else [self.info[r] for r in rows],
+            episode_feedback={new: self.episode_feedback[old] for new, old in enumerate(indices.tolist())
+                              if old in self.episode_feedback},
         )
 
     def split(self, held_out_fraction: float, seed: int) -> tuple[Trace, Trace]:
@@ -235,30 +255,18 @@ class Trace:
         return self.select_episodes(np.sort(order[num_held_out:])), self.select_episodes(np.sort(order[:num_held_out]))
 
     def summary(self) -> TraceSummary:
-        """Statistics of the trace (std is the population std, ddof=0; obs stats are per dimension)."""
-        starts = self.episode_starts()
-        lengths = np.diff(np.append(starts, len(self)))
-        returns = np.add.reduceat(self.reward.astype(np.float64), starts)
-        obs = self.obs.astype(np.float64)
-        return TraceSummary(
-            num_transitions=len(self),
-            num_episodes=self.num_episodes,
-            episode_length_mean=float(lengths.mean()),
-            episode_length_min=int(lengths.min()),
-            episode_length_max=int(lengths.max()),
-            episode_return_mean=float(returns.mean()),
-            episode_return_std=float(returns.std()),
-            episode_return_min=float(returns.min()),
-            episode_return_max=float(returns.max()),
-            obs_mean=obs.mean(0).tolist(),
-            obs_std=obs.std(0).tolist(),
-            obs_min=obs.min(0).tolist(),
-            obs_max=obs.max(0).tolist(),
-            reward_mean=float(self.reward.mean(dtype=np.float64)),
-            reward_std=float(self.reward.std(dtype=np.float64)),
-            num_terminated=int(self.terminated.sum()),
-            num_truncated=int(self.truncated.sum()),
-        )
+        """Statistics of the trace (std is the population std, ddof=0; obs stats are per dimension).
+
+        Taken once, chunk by chunk (`SummaryAccumulator`), unless a reader already took them while reading.
+        """
+        if self._summary is None:
+            accumulator = SummaryAccumulator()
+            for start in range(0, len(self), CHUNK_ROWS):
+                rows = slice(start, start + CHUNK_ROWS)
+                accumulator.add(self.obs[rows], self.reward[rows], self.terminated[rows], self.truncated[rows],
+                                self.episode[rows])
+            self._summary = accumulator.result()
+        return self._summary
 
 
 @dataclass
@@ -286,3 +294,107 @@ class TraceSummary:
     def to_dict(self) -> dict:
         """A JSON-able dict of the fields."""
         return asdict(self)
+
+
+def _merge_moments(moments: tuple, values: np.ndarray) -> tuple:
+    """(count, mean, M2) per column of a float64 (K, D) chunk merged into `moments` (Chan et al., 1979)."""
+    count, mean, m2 = moments
+    chunk_mean = values.mean(0)
+    chunk_m2 = np.square(values - chunk_mean).sum(0)
+    total = count + len(values)
+    delta = chunk_mean - mean
+    return total, mean + delta * (len(values) / total), m2 + chunk_m2 + np.square(delta) * (count * len(values) / total)
+
+
+class SummaryAccumulator:
+    """A `TraceSummary` taken chunk by chunk over transitions in recording order: counts, sums,
+    means and M2 merged per chunk, min/max, and per-episode returns and lengths grown as episodes appear."""
+
+    def __init__(self):
+        self.obs = self.reward = (0, 0.0, 0.0)  # (count, mean, M2): obs per dimension, reward as one column
+        self.obs_min = self.obs_max = None
+        self.num_terminated = self.num_truncated = self.num_episodes = 0
+        self.returns, self.lengths = np.zeros(0), np.zeros(0, np.int64)  # (capacity,) by episode index
+
+    @np.errstate(invalid="ignore", over="ignore")  # readers add chunks before Trace rejects non-finite data
+    def add(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+            episode: np.ndarray) -> None:
+        """One chunk of K transitions: obs (K, O), reward (K,), terminated (K,), truncated (K,), and
+        episode (K,) indices."""
+        if not len(obs):
+            return
+        values = obs.astype(np.float64)
+        self.obs = _merge_moments(self.obs, values)
+        low, high = values.min(0), values.max(0)
+        self.obs_min = low if self.obs_min is None else np.minimum(self.obs_min, low)
+        self.obs_max = high if self.obs_max is None else np.maximum(self.obs_max, high)
+        reward = reward.astype(np.float64)
+        self.reward = _merge_moments(self.reward, reward[:, None])
+        self.num_terminated += int(terminated.sum())
+        self.num_truncated += int(truncated.sum())
+        first, last = int(episode.min()), int(episode.max())
+        if last >= len(self.returns):
+            grow = max(last + 1, 2 * len(self.returns)) - len(self.returns)
+            self.returns = np.append(self.returns, np.zeros(grow))
+            self.lengths = np.append(self.lengths, np.zeros(grow, np.int64))
+        self.returns[first:last + 1] += np.bincount(episode - first, weights=reward)
+        self.lengths[first:last + 1] += np.bincount(episode - first)
+        self.num_episodes = max(self.num_episodes, last + 1)
+
+    def result(self) -> TraceSummary:
+        """The summary of everything added (at least one transition)."""
+        count, obs_mean, obs_m2 = self.obs
+        _, reward_mean, reward_m2 = self.reward
+        returns, lengths = self.returns[:self.num_episodes], self.lengths[:self.num_episodes]
+        return TraceSummary(
+            num_transitions=count,
+            num_episodes=self.num_episodes,
+            episode_length_mean=float(lengths.mean()),
+            episode_length_min=int(lengths.min()),
+            episode_length_max=int(lengths.max()),
+            episode_return_mean=float(returns.mean()),
+            episode_return_std=float(returns.std()),
+            episode_return_min=float(returns.min()),
+            episode_return_max=float(returns.max()),
+            obs_mean=obs_mean.tolist(),
+            obs_std=np.sqrt(obs_m2 / count).tolist(),
+            obs_min=self.obs_min.tolist(),
+            obs_max=self.obs_max.tolist(),
+            reward_mean=float(reward_mean[0]),
+            reward_std=float(np.sqrt(reward_m2[0] / count)),
+            num_terminated=self.num_terminated,
+            num_truncated=self.num_truncated,
+        )
+
+
+class TraceChunks:
+    """A reader's arrays, gathered chunk by chunk with their summary accumulated on the way.
+
+    Peak memory while concatenating is the whole arrays plus one field's chunks (see `concatenate`).
+    """
+
+    def __init__(self):
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+        self.summary = SummaryAccumulator()
+        self.rows = 0
+
+    def add(self, **chunk: np.ndarray) -> None:
+        """One chunk: an array per field of ARRAYS, all of one length, each in its final dtype."""
+        for name, parts in self.parts.items():
+            parts.append(chunk[name])
+        self.summary.add(chunk["obs"], chunk["reward"], chunk["terminated"], chunk["truncated"], chunk["episode"])
+        self.rows += len(chunk["obs"])
+
+    def concatenate(self) -> dict[str, np.ndarray]:
+        """The arrays, each concatenated from its chunks, which are then dropped (one field at a time)."""
+        arrays = {}
+        for name, parts in self.parts.items():
+            arrays[name] = np.concatenate(parts)
+            parts.clear()
+        return arrays
+
+    def trace(self, arrays: dict[str, np.ndarray], **kwargs) -> Trace:
+        """`Trace(**arrays, **kwargs)` with the accumulated summary cached in it."""
+        trace = Trace(**arrays, **kwargs)
+        trace._summary = self.summary.result()
+        return trace

@@ -7,7 +7,8 @@ from typing import Any
 from dreamer.config import build, to_plain
 from dreamer.writers.backends import BackendConfig, make_backend
 from dreamer.writers.llm import LLMWriter, LLMWriterConfig
-from dreamer.writers.protocol import Writer, Written, WriteTask
+from dreamer.writers.protocol import Writer, Written, WriteTask, verdict_line
+from dreamer.writers.stage import write_sim
 from dreamer.writers.symbolic import SymbolicWriter, SymbolicWriterConfig
 
 
@@ -28,4 +29,4 @@ def make_writer(section: Mapping[str, Any]) -> Writer:
 
 
 __all__ = ["LLMWriter", "LLMWriterConfig", "SymbolicWriter", "SymbolicWriterConfig", "WriteTask", "Writer",
-           "Written", "make_writer"]
+           "Written", "make_writer", "verdict_line", "write_sim"]

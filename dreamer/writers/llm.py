@@ -32,7 +32,7 @@ from dreamer.artifacts import write_json, write_text
 from dreamer.sandbox import SandboxReport
 from dreamer.writers.backends import Backend, Request
 from dreamer.writers.prompting import Templates, extract_code, feedback_prompt, session_prompt
-from dreamer.writers.protocol import Written, WriteTask
+from dreamer.writers.protocol import Written, WriteTask, candidate_summary, save_candidate
 from dreamer.writers.symbolic import SymbolicWriter, SymbolicWriterConfig
 
 console = Console(stderr=True)
@@ -77,11 +77,6 @@ class Candidate:
         return (self.report.accepted, sum(check["passed"] for check in self.report.checks.values()),
                 f.get("accuracy") or 0.0, -nrmse if nrmse is not None and math.isfinite(nrmse) else -math.inf)
 
-    def summary(self) -> dict:
-        f = self.report.fidelity or {}
-        return {"label": self.label, "parent": self.parent, "accepted": self.report.accepted,
-                "reasons": self.report.reasons, **{key: f.get(key) for key in (
-                    "accuracy", "obs_nrmse_mean", "reward_nrmse", "termination_accuracy", "kstep_nrmse")}}
 
 
 class LLMWriter:
@@ -105,8 +100,7 @@ class LLMWriter:
             [report] = task.judge([task.previous])
             answer = f"```python\n{task.previous.strip()}\n```\n"
             pool.append(Candidate("previous", None, answer, task.previous, report))
-            write_text(audit / "previous" / "sim.py", task.previous)
-            report.save(audit / "previous" / "report.json")
+            save_candidate(audit, "previous", task.previous, report)
             console.print(f"  previous round's sim on the new data: {verdict(report)}")
         iterations_run = 0
         for iteration in range(1, cfg.iterations + 1):
@@ -135,18 +129,16 @@ class LLMWriter:
         write_json(audit / "selection.json", {
             "backend": self.backend.name, "config": asdict(cfg), "iterations_run": iterations_run,
             "chosen": best.label, "accepted": best.report.accepted,
-            "candidates": [candidate.summary() for candidate in pool]})
+            "candidates": [candidate_summary(c.label, c.parent, c.report) for c in pool]})
         return Written(best.source, best.report, best.label)
 
     @staticmethod
     def save(candidate: Candidate, request: Request, audit: Path) -> None:
-        folder = audit / candidate.label
+        folder = save_candidate(audit, candidate.label, candidate.source, candidate.report)
         write_json(folder / "request.json", asdict(request))
         write_text(folder / "prompt.md", "\n\n".join(f"## {message['role']}\n\n{message['content']}"
                                                      for message in request.messages) + "\n")
         write_text(folder / "completion.md", candidate.completion)
-        write_text(folder / "sim.py", candidate.source)
-        candidate.report.save(folder / "report.json")
 
 
 def verdict(report: SandboxReport) -> str:

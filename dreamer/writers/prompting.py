@@ -120,8 +120,9 @@ def session_prompt(templates: Templates, trace: Trace, transitions: int, seed: i
     summary = trace.summary()
     rows = sample_rows(trace, transitions, seed)
     feedback = ""
-    if trace.feedback:
-        lines = [f"- row {row} (episode {int(trace.episode[row])}): {text}" for row, text in sorted(trace.feedback.items())]
+    lines = [f"- row {row} (episode {int(trace.episode[row])}): {text}" for row, text in sorted(trace.feedback.items())]
+    lines += [f"- episode {episode}: {text}" for episode, text in sorted(trace.episode_feedback.items())]
+    if lines:
         feedback = "\n## Feedback the user gave during the session\n\n" + "\n".join(lines) + "\n"
     draft_text = ""
     if draft is not None:

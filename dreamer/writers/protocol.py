@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from dreamer.artifacts import write_text
 from dreamer.sandbox import SandboxConfig, SandboxReport, validate_many
 from dreamer.traces import Trace
+
+SUMMARY_FIGURES = ("accuracy", "obs_nrmse_mean", "reward_nrmse", "termination_accuracy", "kstep_nrmse")
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,26 @@ class Writer(Protocol):
     name: str
 
     def write(self, task: WriteTask) -> Written: ...
+
+
+def save_candidate(audit_dir: Path, label: str, source: str, report: SandboxReport) -> Path:
+    """`audit_dir/<label>/sim.py` and its `report.json`; returns the candidate's folder."""
+    folder = audit_dir / label
+    write_text(folder / "sim.py", source)
+    report.save(folder / "report.json")
+    return folder
+
+
+def candidate_summary(label: str, parent: str | None, report: SandboxReport) -> dict:
+    """One candidate's line in the trail's `selection.json`: verdict, reasons and held-out figures."""
+    figures = report.fidelity or {}
+    return {"label": label, "parent": parent, "accepted": report.accepted, "reasons": report.reasons,
+            **{key: figures.get(key) for key in SUMMARY_FIGURES}}
+
+
+def verdict_line(report: SandboxReport) -> str:
+    """"accepted" or "REJECTED", with the headline held-out figures, for the console."""
+    figures = {key: value for key, value in (report.fidelity or {}).items() if value is not None}
+    return (f"{'accepted' if report.accepted else 'REJECTED'} "
+            f"(one-step NRMSE {figures.get('obs_nrmse_mean', float('nan')):.3g}, "
+            f"termination accuracy {figures.get('termination_accuracy', float('nan')):.3g})")

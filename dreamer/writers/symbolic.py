@@ -14,6 +14,9 @@ What it fits, on the trace's transitions, assuming nothing about which environme
 - termination: a shallow decision tree on the next state's coordinates and their magnitudes;
 - initial states: uniform over the box the episode starts span, per coordinate;
 - horizon: the trace's `max_episode_steps`, else the longest truncated episode, else the default.
+
+Its trail in the task's `audit_dir` has the layout of the language-model writer's, with one candidate:
+`symbolic/{sim.py, report.json}` and `selection.json`.
 """
 
 from __future__ import annotations
@@ -21,18 +24,20 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pysindy
 from gymnasium import spaces
 from sklearn.tree import DecisionTreeClassifier
 
+from dreamer.artifacts import write_json
 from dreamer.sim.contract import space_to_dict
 from dreamer.traces import Trace
-from dreamer.writers.protocol import Written, WriteTask
+from dreamer.writers.protocol import Written, WriteTask, candidate_summary, save_candidate
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,12 @@ class SparseFit:
     def used_names(self) -> set[str]:
         return {part for name, c in zip(self.library.term_names, self.coef) if c for part in name.split("*")}
 
+    def used_coordinates(self, names: list[str]) -> set[str]:
+        """The coordinates among `names` that the equation reads, directly or through a sine or cosine."""
+        used = self.used_names()
+        codes = [feature.code for feature in self.library.features if feature.name in used]
+        return {name for name in names if any(re.search(rf"\b{name}\b", code) for code in codes)}
+
 
 def base_features(coords: Coordinates, q: np.ndarray, action: np.ndarray, action_space: spaces.Space, trig: bool) -> list[Feature]:
     """Coordinates, (if `trig`) their sines and cosines, and action features."""
@@ -231,12 +242,16 @@ def fit_sparse(
 
 
 def stlsq(X: np.ndarray, y: np.ndarray, threshold: float, alpha: float) -> np.ndarray:
-    """(F,) coefficients by pysindy's STLSQ on unit-norm columns."""
+    """(F,) coefficients by pysindy's STLSQ on unit-norm columns; all-zero columns (e.g. an action the
+    session never took) get 0."""
+    coef = np.zeros(X.shape[1])
+    nonzero = np.abs(X).max(0) > 0
     optimizer = pysindy.STLSQ(threshold=threshold, alpha=alpha, normalize_columns=True, max_iter=20)
     with warnings.catch_warnings():  # a threshold that removes every term is a fine candidate
         warnings.simplefilter("ignore", UserWarning)
-        optimizer.fit(X, y)
-    return optimizer.coef_.reshape(-1)
+        optimizer.fit(X[:, nonzero], y)
+    coef[nonzero] = optimizer.coef_.reshape(-1)
+    return coef
 
 
 def training_rows(trace: Trace, fraction: float, seed: int) -> np.ndarray:
@@ -305,7 +320,12 @@ class SymbolicWriter:
         """One fit of the training episodes, judged by the sandbox (the previous round's sim is not
         needed: refitting on all the data is cheap)."""
         source = self.draft(task.train)
-        return Written(source, task.judge([source])[0], self.name)
+        [report] = task.judge([source])
+        save_candidate(task.audit_dir, self.name, source, report)
+        write_json(task.audit_dir / "selection.json", {
+            "config": asdict(self.config), "chosen": self.name, "accepted": report.accepted,
+            "candidates": [candidate_summary(self.name, None, report)]})
+        return Written(source, report, self.name)
 
     def draft(self, trace: Trace) -> str:
         """The sim source fitted to `trace`, not yet validated."""
@@ -443,7 +463,7 @@ Termination: a decision tree on the next state's coordinates and their magnitude
         "",
         "",
         "def reward(state, action, next_state, rng):",
-        *[line for line, name in zip(unpack, names) if name in reward.used_names()],
+        *[line for line, name in zip(unpack, names) if name in reward.used_coordinates(names)],
         *helper_lines([reward]),
         f"    value = {format_sum(reward.coef, reward.library.term_names)}",
         "    return value * torch.ones(state.shape[0], device=state.device)",
