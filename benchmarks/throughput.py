@@ -125,7 +125,7 @@ def write_dream_sim(seed: int) -> tuple[FuncSim, dict]:
     writer = SymbolicWriter(build(SymbolicWriterConfig, load_conf("writer/symbolic.yaml", seed), "writer", ignore=("name",)))
     source = writer.draft(train_trace)
     t2 = time.perf_counter()
-    report = validate(source, held_out, build(SandboxConfig, load_conf("sandbox/default.yaml", seed), "sandbox"), name="dream")
+    report = validate(source, held_out, SandboxConfig.from_dict(load_conf("sandbox/default.yaml", seed)), name="dream")
     t3 = time.perf_counter()
     if not report.accepted:
         raise SystemExit("the sandbox rejected the written dream sim:\n  " + "\n  ".join(report.reasons))

@@ -52,8 +52,3 @@ def write_json(path: str | os.PathLike, value) -> Path:
     """`value` as indented JSON (NaN/inf written as null), atomically."""
     return write_text(path, json.dumps(finite_or_none(value), indent=2, allow_nan=False) + "\n")
 
-
-def refuse_finished(run_dir: Path) -> None:
-    """Raise FileExistsError if `run_dir` holds a finished run (its metrics.json): never overwrite one."""
-    if (Path(run_dir) / "metrics.json").exists():
-        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")

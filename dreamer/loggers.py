@@ -1,26 +1,64 @@
 """Metric loggers. Every run appends its rows to `<run dir>/history.jsonl`; `logger.kind` adds wandb
-(offline by default, never prompts, never hangs the run) or nothing."""
+(offline by default, never prompts) or nothing.
+
+wandb never stops or hangs the run. Each wandb call (init, every log, finish) runs in a daemon thread of its own
+and is waited on for at most `init_timeout_s`: a call that raises or overruns is reported in a warning and wandb is
+left out from then on, while the history file, written first, keeps every row. A call left hanging holds nothing:
+daemon threads do not keep the process alive. One short thread per call is the whole mechanism (no queue, no
+worker to drain), and wandb's calls stay in order because each is waited on before the next.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dreamer.artifacts import finite_or_none
 
 HISTORY = "history.jsonl"
+FALLBACK = "metrics go to history.jsonl and metrics.json only"
 
 
 class Logger(Protocol):
+    name: str
+
     def log(self, metrics: dict, step: int) -> None: ...
     def finish(self) -> None: ...
 
 
+def _bounded(call: Callable[[], Any], timeout_s: float) -> Any:
+    """`call()` in a daemon thread, waited on for `timeout_s`: its result, or its error, or TimeoutError."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = call()
+        except BaseException as error:  # handed to the caller
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="wandb-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 class HistoryLogger:
     """Appends each row as one JSON line `{"step": int, **metrics}` (NaN/inf as null), flushed at once."""
+
+    name = "history"
 
     def __init__(self, path: Path):
         self.file = open(path, "a", encoding="utf-8")
@@ -34,31 +72,45 @@ class HistoryLogger:
 
 
 class WandbLogger:
-    """wandb in `mode` ("offline" by default: files under the run dir, no account, no network)."""
+    """A wandb run; each call to it raises TimeoutError after `timeout_s`."""
 
-    def __init__(self, run):
+    name = "wandb"
+
+    def __init__(self, run, timeout_s: float):
         self.run = run
+        self.timeout_s = timeout_s
 
     def log(self, metrics: dict, step: int) -> None:
-        self.run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+        row = {k: v for k, v in metrics.items() if v is not None}
+        _bounded(lambda: self.run.log(row, step=step), self.timeout_s)
 
     def finish(self) -> None:
-        self.run.finish()
+        _bounded(self.run.finish, self.timeout_s)
 
 
 class Loggers:
-    """Every row to each of `loggers`."""
+    """Each row to `history` first, then to each of `others`; one of those that fails is reported and dropped."""
 
-    def __init__(self, *loggers: Logger):
-        self.loggers = loggers
+    def __init__(self, history: HistoryLogger, *others: Logger):
+        self.history = history
+        self.others = list(others)
 
     def log(self, metrics: dict, step: int) -> None:
-        for logger in self.loggers:
-            logger.log(metrics, step)
+        self.history.log(metrics, step)
+        self._guarded(lambda logger: logger.log(metrics, step), f"at step {step}")
 
     def finish(self) -> None:
-        for logger in self.loggers:
-            logger.finish()
+        self.history.finish()
+        self._guarded(lambda logger: logger.finish(), "at finish")
+
+    def _guarded(self, call: Callable[[Logger], None], when: str) -> None:
+        for logger in list(self.others):
+            try:
+                call(logger)
+            except Exception as error:  # another logger must never stop the run
+                self.others.remove(logger)
+                warnings.warn(f"{logger.name} failed {when} ({_describe(error)}) and is left out of the rest of the "
+                              f"run; {FALLBACK}", stacklevel=3)
 
 
 def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str, init_timeout_s: float) -> Loggers:
@@ -72,14 +124,10 @@ def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str,
     try:
         import wandb
 
-        run = wandb.init(
-            project=project,
-            mode=mode,
-            dir=str(run_dir),
-            config=config,
-            settings=wandb.Settings(init_timeout=init_timeout_s, console="off", silent=True),
-        )
-        return Loggers(history, WandbLogger(run))
+        settings = wandb.Settings(init_timeout=init_timeout_s, console="off", silent=True)
+        run = _bounded(lambda: wandb.init(project=project, mode=mode, dir=str(run_dir), config=config,
+                                         settings=settings), init_timeout_s)
     except Exception as error:  # wandb must never stop the run
-        warnings.warn(f"wandb could not start ({error}); metrics go to history.jsonl and metrics.json only", stacklevel=2)
+        warnings.warn(f"wandb could not start ({_describe(error)}); {FALLBACK}", stacklevel=2)
         return Loggers(history)
+    return Loggers(history, WandbLogger(run, init_timeout_s))

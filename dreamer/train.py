@@ -27,16 +27,18 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from dreamer.artifacts import refuse_finished, write_json, write_text
-from dreamer.config import build, require_set, resolve_device, to_plain, trace_columns
+from dreamer.artifacts import write_json, write_text
+from dreamer.config import build, check_run_config, resolve_device, to_plain, trace_columns
 from dreamer.loggers import Logger, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_policy, train_ppo
+from dreamer.resume import METRICS, DreamCheckpoint, check_same_config, cut_history, history_rows, run_status
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, NonFiniteError, PPOConfig, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import SimVectorEnv
 from dreamer.traces import TableColumns, TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
+from dreamer.writers.stage import read_split, read_written
 
 console = Console(stderr=True)
 
@@ -60,20 +62,47 @@ def summary_table(metrics: dict) -> Table:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Check the config, run `cfg.pipeline`; returns the metrics also written to `run_dir/metrics.json`."""
+    """Check the config, run `cfg.pipeline` (resuming an unfinished dream run in `run_dir`); returns the
+    metrics also written to `run_dir/metrics.json`."""
     start = time.perf_counter()
-    refuse_finished(run_dir)
-    require_set(cfg, "dreamer.train")
+    status = run_status(run_dir)
+    if status == "finished":
+        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
+    check_run_config(cfg, "train")
     if cfg.pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {sorted(PIPELINES)}, got {cfg.pipeline!r}")
     device = resolve_device(cfg.device)
     pipeline = PIPELINES[cfg.pipeline](cfg, run_dir)  # builds every config section first: bad values fail here
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resuming = (run_dir / "config.yaml").is_file()
+    if not resuming and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} is not empty and holds no run (no config.yaml): choose another hydra.run.dir")
+    if resuming:
+        check_same_config(run_dir, cfg)
+        if cfg.pipeline != "dream":
+            raise ValueError(f"{run_dir} holds an unfinished {cfg.pipeline} run; only the dream pipeline resumes: "
+                             "choose another hydra.run.dir")
+        checkpoint = DreamCheckpoint.load(run_dir)
+        cut_history(run_dir, 0 if checkpoint is None else checkpoint.history_rows)
+        for stale in run_dir.rglob(".*.tmp"):  # an atomic write the interruption cut short
+            stale.unlink()
+        console.print(f"[bold]resuming[/] {run_dir} from "
+                      + ("its start" if checkpoint is None else f"round {checkpoint.round + 1}, stage {checkpoint.stage}"))
+    else:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    header = {"pipeline": cfg.pipeline, "seed": cfg.seed, "device": str(device)}
+    write_json(run_dir / METRICS, {"status": "running", **header})
     torch.manual_seed(cfg.seed)
     logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
-    metrics, table = pipeline(logger, device)
-    metrics.update(pipeline=cfg.pipeline, seed=cfg.seed, device=str(device), wall_seconds=time.perf_counter() - start)
-    write_json(run_dir / "metrics.json", metrics)
+    try:
+        metrics, table = pipeline(logger, device)
+    except NonFiniteError as error:
+        write_json(run_dir / "nonfinite.json", {"where": error.where, "message": str(error), "details": error.details})
+        write_json(run_dir / METRICS, {"status": "failed", **header, "error": str(error),
+                                       "nonfinite": {"count": 1, "where": error.where, "details": "nonfinite.json"}})
+        logger.finish()
+        raise
+    metrics.update(status="finished", **header, wall_seconds=time.perf_counter() - start)
+    write_json(run_dir / METRICS, metrics)
     logger.finish()
     console.print(table)
     console.print(f"wall time {metrics['wall_seconds']:.0f} s; run dir: {run_dir}")
@@ -83,7 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
     """The dream loop (module docstring); with `opsd.enabled`, a checkpoint teacher distils into every round's PPO."""
     writer = make_writer(cfg.writer)
-    sandbox_config = build(SandboxConfig, cfg.sandbox, "sandbox")
+    sandbox_config = SandboxConfig.from_dict(cfg.sandbox)
     ppo_config = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
     policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
     opsd = build(OPSDConfig, cfg.opsd, "opsd")
@@ -99,55 +128,76 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
               policy_config: MLPPolicyConfig, opsd: OPSDConfig, columns: TableColumns | None, logger: Logger,
               device: torch.device) -> tuple[dict, Table]:
     teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
+    resume = DreamCheckpoint.load(run_dir) or DreamCheckpoint(0, "start", 0, 0)
 
     if cfg.trace.source == "env":
-        rounds = list(cfg.trace.steps_per_round or [])
-        if not rounds or any(not isinstance(steps, int) or steps < 1 for steps in rounds):
-            raise ValueError(f"trace.steps_per_round must be a non-empty list of positive ints, got {rounds}")
+        rounds = list(cfg.trace.steps_per_round)
         recorder = TraceRecorder(gymnasium.make(cfg.trace.env_id), path=run_dir / "trace.jsonl")  # appends as it goes
-    elif cfg.trace.source == "file":
+        session = recorder.trace() if (run_dir / "trace.jsonl").is_file() else None
+    else:  # a file (check_run_config allows no other source)
         session = load_trace(cfg.trace.path, columns)
         save_trace(session, run_dir / "trace.jsonl")
         rounds = [None]
-    else:
-        raise ValueError(f"trace.source must be 'env' or 'file', got {cfg.trace.source!r}")
 
     policy: MLPPolicy | None = None
-    dream_steps, sps, written = 0, 0.0, None
+    if resume.policy is not None:
+        policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
+        policy.load_state_dict(resume.policy)
+    dream_steps, sps, written, last_update = resume.dream_steps, 0.0, None, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
         last = r == len(rounds) - 1
-        if num_steps is not None:
-            console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {num_steps:,} real steps in {cfg.trace.env_id}"
-                          f" acting {'at random' if policy is None else 'with the dream policy'}")
-            behaviour = None if policy is None else partial(policy.act, deterministic=False)
-            session = record_steps(recorder, num_steps, cfg.seed + r, behaviour)
-        train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
         round_dir = env_dir if last else env_dir / f"round_{r}"
         previous = written.source if written is not None else None
-        written = write_sim(writer, train_trace, held_out, sandbox_config, cfg.sim.name, round_dir, previous)
+        if r < resume.round:  # done before the interruption
+            written = read_written(round_dir, cfg.sim.name)
+            continue
+        stage = resume.stage if r == resume.round else "start"
+        if num_steps is not None:
+            missing = sum(rounds[:r + 1]) - (0 if session is None else len(session))
+            if missing > 0:
+                console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {missing:,} real steps in {cfg.trace.env_id}"
+                              f" acting {'at random' if policy is None else 'with the dream policy'}")
+                behaviour = None if policy is None else partial(policy.act, deterministic=False)
+                session = record_steps(recorder, missing, cfg.seed + r, behaviour)
+                recorder.reset()  # the episode the round cut short goes to the file now
+        split = read_split(round_dir, session) if stage != "start" else None
+        if split is None:
+            train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
+            written = write_sim(writer, train_trace, held_out, sandbox_config, cfg.sim.name, round_dir, previous)
+            console.print(f"  writer={writer.name} ({written.label}): {verdict_line(written.report)}")
+            logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity or {}).items()
+                        if isinstance(v, int | float)}, dream_steps)
+            state = None if policy is None else policy.state_dict()
+            DreamCheckpoint(r, "written", dream_steps, history_rows(run_dir), state).save(run_dir)
+        else:
+            (train_trace, held_out), written = split, read_written(round_dir, cfg.sim.name)
         report = written.report
-        console.print(f"  writer={writer.name} ({written.label}): {verdict_line(report)}")
-        logger.log({f"fidelity/{k}": v for k, v in (report.fidelity or {}).items() if isinstance(v, int | float)}, dream_steps)
         if not report.accepted:
             break
         sim = load_sim(round_dir / f"{cfg.sim.name}.py")
         if policy is None:
-            policy = MLPPolicy(sim.observation_space, sim.action_space, policy_config).to(device)
+            policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
             stats = train_trace.summary()
             policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std))
         envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
+        before = dream_steps
         result = train_ppo(policy, envs, ppo_config, seed=cfg.seed + r,
-                           log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, dream_steps + step),
-                           progress=cfg.algo.progress, auxiliary=distill)
+                           log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, before + step),
+                           progress=cfg.algo.progress, auxiliary=distill,
+                           checkpoint=lambda ppo: DreamCheckpoint(r, "training", before, history_rows(run_dir), None,
+                                                                  ppo).save(run_dir),
+                           resume=resume.ppo if stage == "training" else None)
         dream_steps += result.env_steps
-        sps = result.steps_per_second
+        DreamCheckpoint(r + 1, "start", dream_steps, history_rows(run_dir), policy.state_dict()).save(run_dir)
+        sps, last_update = result.steps_per_second, result.history[-1]
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 
     if cfg.trace.source == "env":
-        recorder.close()  # writes the episode the last round cut short
+        recorder.close()
+        session = load_trace(run_dir / "trace.jsonl")
     returns, teacher_returns, report = None, None, written.report
     if report.accepted:
         policy.cpu().save(run_dir / "policy")
@@ -173,7 +223,7 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
     }
     if teacher is not None:
         metrics["opsd"] = {
-            "setting": "checkpoint", "teacher": str(opsd.teacher.path), "last_update": result.history[-1] if report.accepted else None,
+            "setting": "checkpoint", "teacher": str(opsd.teacher.path), "last_update": last_update,
             "teacher_return_real": None if teacher_returns is None else float(teacher_returns.mean()),
             "teacher_student_gap_real": None if teacher_returns is None else float(teacher_returns.mean() - returns.mean()),
         }

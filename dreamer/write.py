@@ -16,9 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from dreamer.artifacts import refuse_finished, write_json, write_text
-from dreamer.config import build, require_set, trace_columns
+from dreamer.artifacts import write_json, write_text
+from dreamer.config import check_run_config, trace_columns
 from dreamer.inspect.tables import fidelity_table, report_table
+from dreamer.resume import run_status
 from dreamer.sandbox import SandboxConfig
 from dreamer.traces import load_trace, save_trace
 from dreamer.writers import make_writer, verdict_line, write_sim
@@ -29,10 +30,11 @@ console = Console(stderr=True)
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Write a sim from `cfg.trace` into `run_dir`; returns the metrics also written to `run_dir/metrics.json`."""
     start = time.perf_counter()
-    refuse_finished(run_dir)
-    require_set(cfg, "dreamer.write")
+    if run_status(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a run (metrics.json); choose another hydra.run.dir")
+    check_run_config(cfg, "write")
     writer = make_writer(cfg.writer)
-    sandbox = build(SandboxConfig, cfg.sandbox, "sandbox")
+    sandbox = SandboxConfig.from_dict(cfg.sandbox)
     if cfg.trace.source != "file":
         raise ValueError(f"dreamer.write reads a recorded session: trace.source must be 'file', got {cfg.trace.source!r}")
     session = load_trace(cfg.trace.path, trace_columns(cfg.trace))
@@ -41,7 +43,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     train, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
     written = write_sim(writer, train, held_out, sandbox, cfg.sim.name, run_dir / "env")
     report = written.report
-    metrics = {"pipeline": "write", "accepted": report.accepted, "reasons": report.reasons, "writer": writer.name,
+    metrics = {"status": "finished", "pipeline": "write", "accepted": report.accepted, "reasons": report.reasons, "writer": writer.name,
                "sim_candidate": written.label, "seed": cfg.seed, "real_env_steps": len(session),
                "train_episodes": train.num_episodes, "held_out_episodes": held_out.num_episodes,
                "fidelity": report.fidelity, "wall_seconds": time.perf_counter() - start}

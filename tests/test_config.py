@@ -1,18 +1,61 @@
+import re
+from typing import Literal
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from dreamer.config import build
-from dreamer.rl import PPOConfig
+from dreamer.config import CONF_DIR, build, check_run_config, compose_config, resolve_device, type_error
+from dreamer.opsd.distill import OPSDConfig
+from dreamer.rl import MLPPolicyConfig, PPOConfig
+from dreamer.rl.sequence import SequencePolicyConfig
+from dreamer.sandbox import SandboxConfig
+from dreamer.writers import make_writer
 
 ALGO = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+NEEDS = {"from_trace": ["trace.path=session.jsonl"]}  # values an experiment leaves `???`
+POLICIES = {"mlp": MLPPolicyConfig, "sequence": SequencePolicyConfig}
+LLM = ["writer=llm", "writer.model=coder", "writer.cache_dir=null"]
+WRITE = ["trace.path=session.jsonl"]
 
 
 def ppo(**overrides) -> PPOConfig:
     return build(PPOConfig, {**ALGO, **overrides}, "algo", ignore=("name", "progress"))
 
 
+def start(name: str, overrides: list[str]) -> None:
+    """What a run checks before any work: `check_run_config`, then every section built as its stage builds it."""
+    cfg = compose_config(name, overrides)
+    check_run_config(cfg, name)
+    make_writer(cfg.writer)
+    SandboxConfig.from_dict(cfg.sandbox)
+    if name == "train":
+        build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+        build(POLICIES[cfg.policy.kind], cfg.policy, "policy", ignore=("kind",))
+        build(OPSDConfig, cfg.opsd, "opsd")
+
+
+def refused(name: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        start(name, overrides)
+
+
 def test_the_shipped_algo_config_builds():
     assert ppo().num_envs == ALGO["num_envs"]
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("train", []),
+    *[("train", [f"+experiment={experiment}", *NEEDS.get(experiment, [])]) for experiment in EXPERIMENTS],
+    ("train", ["policy=sequence"]),
+    ("train", LLM),
+    ("write", WRITE),
+    ("write", [*WRITE, *LLM]),
+    ("write", ["trace.path=session.csv", "trace.columns.reward_column=r"]),
+])
+def test_every_shipped_config_passes_the_start_up_checks(name, overrides):
+    start(name, overrides)
 
 
 def test_unknown_and_missing_keys_are_named_with_their_group():
@@ -31,3 +74,124 @@ def test_unknown_and_missing_keys_are_named_with_their_group():
 def test_impossible_values_are_refused_with_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         ppo(**overrides)
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("train", ["algo.num_envs=1.5"], "algo.num_envs=1.5 is not an int"),
+    ("train", ["algo.learning_rate=fast"], "algo.learning_rate='fast' is not a float"),
+    ("train", ["algo.anneal_lr=1"], "algo.anneal_lr=1 is not a bool"),
+    ("train", ["algo.target_kl=high"], "algo.target_kl='high' is not a float or null"),
+    ("train", ["policy.hidden_sizes=[64,wide]"], "policy.hidden_sizes[1]='wide' is not an int"),
+    ("train", ["policy=sequence", "policy.codec=bytes"], "policy.codec='bytes' is not one of ['numeric', 'text']"),
+    ("train", ["policy=sequence", "policy.action_names=[1,2]"], "policy.action_names=[1, 2] is not a list of str or null"),
+    ("train", ["opsd.schedule.kind=cosine"], "opsd.schedule.kind='cosine' is not one of ['constant', 'linear', 'alternating']"),
+    ("train", ["opsd.context.builder=notes"], "opsd.context.builder='notes' is not one of ['facts', 'transitions', 'text']"),
+    ("train", ["opsd.anchors.states=2.5"], "opsd.anchors.states=2.5 is not an int"),
+    ("train", ["sandbox.workers=2.0"], "sandbox.workers=2.0 is not an int"),
+    ("train", ["writer.thresholds=[0.1,small]"], "writer.thresholds[1]='small' is not a float"),
+    ("train", [*LLM, "writer.backend=vllm"], "writer.backend='vllm' is not one of ['openai', 'replay', 'transformers']"),
+    ("train", [*LLM, "writer.reuse_previous=yes"], "writer.reuse_previous='yes' is not a bool"),
+    ("train", ["seed=1.5"], "seed=1.5 is not an int"),
+    ("train", ["seed=true"], "seed=True is not an int"),
+    ("train", ["device=0"], "device=0 is not a str"),
+    ("train", ["eval.episodes=ten"], "eval.episodes='ten' is not an int"),
+    ("train", ["eval.env_id=5"], "eval.env_id=5 is not a str or null"),
+    ("train", ["trace.source=stream"], "trace.source='stream' is not one of ['env', 'file']"),
+    ("train", ["trace.steps_per_round=[1000,2.5]"], "trace.steps_per_round=[1000, 2.5] is not a list of int or null"),
+    ("write", [*WRITE, "trace.held_out_fraction=most"], "trace.held_out_fraction='most' is not a float"),
+    ("write", [*WRITE, "trace.columns.obs_columns=[1,2]"], "trace.columns.obs_columns=[1, 2] is not a list of str or null"),
+])
+def test_a_value_of_the_wrong_type_names_the_key_and_the_allowed_type(name, overrides, message):
+    refused(name, overrides, message)
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("train", ["algo.num_envs=0"], "algo: num_envs must be a positive int, got 0"),
+    ("train", ["policy.hidden_sizes=[64,0]"], "policy: hidden_sizes must be positive ints, got [64, 0]"),
+    ("train", ["policy.activation=tanh"], "policy: activation must be one of ['Threshold', 'ReLU',"),
+    ("train", ["opsd.skip_first=-1"], "opsd: skip_first must be >= 0, got -1"),
+    ("train", ["opsd.eval_every=0"], "opsd: eval_every must be >= 1, got 0"),
+    ("train", ["opsd.anchors.coef=-1"], "opsd.anchors: anchors.coef must be >= 0, got -1"),
+    ("train", ["opsd.anchors.batch=0"], "opsd.anchors: anchors.batch must be >= 1, got 0"),
+    ("train", ["opsd.teacher.ema_decay=1.0"], "opsd.teacher: teacher.ema_decay must be in [0, 1), got 1.0"),
+    ("train", ["opsd.divergence.beta=2"], "opsd.divergence: beta must be a number in [0, 1], got 2"),
+    ("train", ["writer.degree=-1"], "writer: degree must be an int >= 0, got -1"),
+    ("train", ["writer.thresholds=[]"], "writer: thresholds must be a non-empty list of numbers >= 0, got []"),
+    ("train", ["writer.selection_tolerance=0.5"], "writer: selection_tolerance must be >= 1"),
+    ("train", ["writer.validation_fraction=1.0"], "writer: validation_fraction must be in [0, 1), got 1.0"),
+    ("train", ["writer.termination_max_depth=0"], "writer: termination_max_depth must be an int >= 1, got 0"),
+    ("train", [*LLM, "writer.top_p=0"], "writer: need temperature >= 0 and 0 < top_p <= 1"),
+    ("train", [*LLM, "writer.candidates=0"], "writer: candidates must be a positive int, got 0"),
+    ("train", ["eval.episodes=0"], "eval: episodes must be a positive int, got 0"),
+    ("train", ["trace.held_out_fraction=1.0"], "trace: held_out_fraction must be in (0, 1), got 1.0"),
+    ("train", ["trace.steps_per_round=[]"], "trace: steps_per_round must be a non-empty list of positive ints for source=env, got []"),
+    ("train", ["trace.steps_per_round=[1000,-5]"], "trace: steps_per_round must be a non-empty list of positive ints"),
+    ("train", ["trace.env_id=null"], "trace: env_id must name a Gymnasium env for source=env, got None"),
+    ("train", ["trace.path=session.jsonl"], "trace: path is read for source=file only (trace=file)"),
+    ("train", ["+experiment=from_trace", *WRITE, "trace.steps_per_round=[500]"], "trace: steps_per_round applies to source=env only"),
+    ("write", ["trace.path=session.jsonl", "trace.columns.reward_column=r"], "trace.columns maps the columns of"),
+])
+def test_an_impossible_value_names_the_key_and_the_allowed_range(name, overrides, message):
+    refused(name, overrides, message)
+
+
+TRAIN_KEYS = "['algo', 'device', 'eval', 'family', 'logger', 'opsd', 'pipeline', 'policy', 'sandbox', 'seed', 'sim', 'trace', 'writer']"
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("train", ["+seeed=1"], f"unknown config key(s) ['seeed']; allowed keys: {TRAIN_KEYS}"),
+    ("train", ["+eval.episode=3"], "unknown config key(s) ['eval.episode']; allowed keys: ['env_id', 'episodes', 'seed']"),
+    ("train", ["+trace.steps=100"], "unknown config key(s) ['trace.steps']; allowed keys: ['env_id', 'held_out_fraction', 'path',"),
+    ("train", ["+trace.columns.reward_column=r"], "unknown config key(s) ['trace.columns']"),
+    ("train", ["+opsd.teacher.decay=0.5"], "unknown config key(s) ['opsd.teacher.decay']; allowed keys: ['ema_decay',"),
+    ("write", [*WRITE, "+algo.num_envs=8"], "unknown config key(s) ['algo']; allowed keys: ['device', 'sandbox', 'seed', 'sim', 'trace', 'writer']"),
+    ("train", ["~pipeline"], "missing config key(s) ['pipeline']"),
+    ("train", ["~eval.seed"], "missing config key(s) ['eval.seed']"),
+])
+def test_an_unknown_or_missing_key_is_named_with_the_allowed_keys(name, overrides, message):
+    refused(name, overrides, message)
+
+
+def test_a_device_that_is_not_a_torch_device_is_named_with_the_allowed_forms():
+    refused("train", ["device=gpu"], "device='gpu' is neither 'auto' nor a torch device string such as 'cpu', 'cuda'")
+    refused("write", [*WRITE, "device=CPU"], "device='CPU' is neither 'auto' nor a torch device string")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_cuda_device_the_machine_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    refused("train", ["device=cuda"], "device='cuda' but this machine has no CUDA device; use device=cpu or device=auto")
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    refused("train", ["device=cuda:1"], "device='cuda:1' but this machine has 1 CUDA device(s), cuda:0 to cuda:0")
+
+
+def test_a_value_still_unset_is_named():
+    refused("write", [], "config value(s) ['trace.path'] must be set, e.g. python -m dreamer.write trace.path=...")
+
+
+@pytest.mark.parametrize("value, hint, problem", [
+    (3, float, None),
+    (True, float, "k=True is not a float"),
+    (True, int, "k=True is not an int"),
+    (0, bool, "k=0 is not a bool"),
+    ([1, 2], tuple[int, ...], None),
+    ((1, "a"), tuple[int, ...], "k[1]='a' is not an int"),
+    ({"a": 1.0, "b": "x"}, dict[str, float], "k.b='x' is not a float"),
+    ({"a": 1}, dict | None, None),
+    ("b", Literal["a", "b"], None),
+    (1, Literal["1"], "k=1 is not one of ['1']"),
+    ("x", list[str] | str | None, None),
+    ({"a": 1}, str | list[str], "k={'a': 1} is not a str or a list of str"),
+])
+def test_values_are_checked_against_the_annotation(value, hint, problem):
+    assert type_error(value, hint, "k") == problem
+
+
+def test_an_impossible_sandbox_value_stops_the_run_before_any_work(tmp_path):
+    from dreamer.train import run
+
+    with pytest.raises(ValueError, match=r"sandbox.workers must be at least 1, got 0"):
+        run(compose_config("train", ["sandbox.workers=0", "logger=none"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

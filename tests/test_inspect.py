@@ -115,7 +115,7 @@ def test_write_cli_prints_the_report_and_where_the_sim_is(tmp_path):
     assert rejected.returncode == 1 and "the sandbox rejected the written sim: fidelity" in rejected.stderr
     assert json.loads((tmp_path / "strict" / "env" / "report.json").read_text())["accepted"] is False
     again = run_module("dreamer.write", f"trace.path={path}", f"hydra.run.dir={run_dir}")
-    assert again.returncode != 0 and "already holds a finished run" in again.stderr
+    assert again.returncode != 0 and "already holds a run" in again.stderr
 
 
 def test_write_refuses_a_live_env_session(tmp_path):

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from dreamer import load_policy
 from dreamer.config import build
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, TorchVectorEnv, evaluate_policy, train_ppo
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, NonFiniteError, PPOConfig, TorchVectorEnv, evaluate_policy, train_ppo
 from dreamer.sim import FuncSim, SimVectorEnv
 
 POLICY = MLPPolicyConfig(hidden_sizes=[32, 32], activation="Tanh", initial_log_std=0.0)
@@ -49,3 +49,53 @@ def test_ppo_runs_on_real_gymnasium_envs_with_final_obs_bootstrap():
     result = train_ppo(policy, envs, ppo_config(num_envs=4, num_steps=100, total_steps=800), seed=0, progress=False)
     assert result.env_steps == 800 and result.episodes == 4  # 200-step episodes, truncated
     assert np.isfinite(result.history[-1]["value_loss"])
+
+
+def test_a_sim_that_turns_nan_stops_training_naming_the_transition(cartpole_source):
+    """Past |x| > 0.1 the sim's transition returns NaN: the error holds the state that produced it."""
+    source = cartpole_source.replace("def transition(state, action, rng):\n",
+                                     "def transition(state, action, rng):\n    state = state / (state[:, :1].abs() < 0.1)\n")
+    sim = FuncSim.from_source(source)
+    policy = MLPPolicy(sim.observation_space, sim.action_space, POLICY)
+    with pytest.raises(NonFiniteError, match=r"the env returned a non-finite observation at env step [\d,]+ \(env \d+\)") as error:
+        train_ppo(policy, SimVectorEnv(sim, 16), ppo_config(num_envs=16, num_steps=64, total_steps=16 * 64 * 20), seed=0,
+                  progress=False)
+    details = error.value.where, error.value.details
+    assert details[0] == "env" and abs(details[1]["obs"][0]) >= 0.1 and np.isnan(details[1]["next_obs"]).any()
+    assert np.isfinite(details[1]["obs"]).all()
+
+
+class ValueTurnsNaN(MLPPolicy):
+    """Its value is NaN whenever gradients flow (PPO's update), finite in rollouts."""
+
+    def forward(self, obs):
+        dist, value = super().forward(obs)
+        return dist, value * float("nan") if torch.is_grad_enabled() else value
+
+
+def test_a_nan_loss_stops_before_the_weights_take_it(cartpole_source):
+    sim = FuncSim.from_source(cartpole_source)
+    policy = ValueTurnsNaN(sim.observation_space, sim.action_space, POLICY)
+    before = {key: value.clone() for key, value in policy.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient in PPO update 1 .* the update was not applied"):
+        train_ppo(policy, SimVectorEnv(sim, 16), ppo_config(num_envs=16, num_steps=16), seed=0, progress=False)
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+
+
+def test_resuming_from_a_checkpoint_continues_the_counters_and_the_weights(cartpole_source):
+    sim = FuncSim.from_source(cartpole_source)
+    config = ppo_config(num_envs=16, num_steps=16, total_steps=16 * 16 * 6, checkpoint_every=2)
+    torch.manual_seed(0)
+    policy = MLPPolicy(sim.observation_space, sim.action_space, POLICY)
+    saved = []
+    full = train_ppo(policy, SimVectorEnv(sim, 16), config, seed=0, progress=False, checkpoint=saved.append)
+    assert [c.updates for c in saved] == [2, 4, 6] and saved[-1].env_steps == full.env_steps
+    resumed_policy = MLPPolicy(sim.observation_space, sim.action_space, POLICY)
+    resumed = train_ppo(resumed_policy, SimVectorEnv(sim, 16), config, seed=0, progress=False, resume=saved[1])
+    assert resumed.updates == 6 and resumed.env_steps == full.env_steps
+    assert [row["env_steps"] for row in resumed.history] == [row["env_steps"] for row in full.history]
+    assert resumed.history[:4] == full.history[:4], "the rows before the checkpoint are kept, not redone"
+    untouched = train_ppo(MLPPolicy(sim.observation_space, sim.action_space, POLICY), SimVectorEnv(sim, 16),
+                          config, seed=0, progress=False, resume=saved[-1])
+    assert untouched.history == full.history, "resuming a finished training runs no update"

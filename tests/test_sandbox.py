@@ -69,6 +69,14 @@ def test_report_save_load_roundtrip(accepted, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temp file left behind
 
 
+def test_report_json_from_before_attempts_loads(accepted, held_out, config, tmp_path):
+    static_only = validate("import os\n", held_out, config, name="unsafe")
+    for report, attempts in ((accepted, 1), (static_only, 0)):
+        old = {key: value for key, value in report.to_dict().items() if key != "attempts"}
+        (tmp_path / "report.json").write_text(json.dumps(old))
+        assert SandboxReport.load(tmp_path / "report.json") == dataclasses.replace(report, attempts=attempts)
+
+
 # --- rejected before any process starts (every hostile case: test_sandbox_hostile.py) ---------------
 
 def test_syntax_error_names_its_line(held_out, config):

@@ -355,7 +355,7 @@ def test_config_overrides_the_file_and_builds_from_a_config_section(tmp_path):
                    info_column="info", action_space={"type": "Discrete", "n": 5})
     columns = build(TableColumns, values, "trace.columns")
     assert load_trace(path, columns) == tiny(action_space=spaces.Discrete(5))
-    with pytest.raises(ValueError, match=r"^trace\.columns: reward_column must be a column name, got None"):
+    with pytest.raises(ValueError, match=r"^trace\.columns\.reward_column=None is not a str"):
         build(TableColumns, values | {"reward_column": None}, "trace.columns")
 
 

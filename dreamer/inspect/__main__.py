@@ -22,7 +22,8 @@ CURVE_KEYS = ("dream/episode_return_mean", "dream/policy_loss", "dream/value_los
 def summarise(run: Run, console: Console) -> None:
     """Print every table the run's artifacts allow."""
     config, metrics = run.config, run.metrics
-    state = "finished" if metrics else "[yellow]not finished (no metrics.json)[/]"
+    status = (metrics or {}).get("status", "not started")
+    state = status if status == "finished" else f"[yellow]{status}[/]" + (f": {metrics['error']}" if metrics and "error" in metrics else "")
     console.rule(f"{run.path}  —  pipeline {config.get('pipeline', 'write')}, seed {config.get('seed')}, {state}")
     if run.trace is not None:
         console.print(trace_table(run.trace))

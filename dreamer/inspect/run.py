@@ -14,7 +14,7 @@ from dreamer.loggers import HISTORY
 from dreamer.sandbox import SandboxReport, load_sim
 from dreamer.sim import FuncSim
 from dreamer.traces import Trace, load_trace
-from dreamer.writers.stage import SPLIT
+from dreamer.writers.stage import read_split
 
 
 def runs_root() -> Path:
@@ -57,7 +57,7 @@ class Run:
 
     @cached_property
     def metrics(self) -> dict | None:
-        """metrics.json, written when the run finished (None: it has not, or it was stopped)."""
+        """metrics.json: `status` "running", "failed" or "finished", and once finished every figure (None: no run yet)."""
         path = self.path / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
@@ -104,13 +104,7 @@ class Run:
     @cached_property
     def split(self) -> tuple[Trace, Trace] | None:
         """(train, held_out): the session's episodes as the writer and the sandbox saw them."""
-        path = self.env_dir / SPLIT
-        if self.trace is None or not path.is_file():
-            return None
-        ids = json.loads(path.read_text())
-        index = {episode_id: i for i, episode_id in enumerate(self.trace.episode_ids)}
-        return tuple(self.trace.select_episodes([index[i] for i in ids[part]])
-                     for part in ("train_episodes", "held_out_episodes"))
+        return None if self.trace is None else read_split(self.env_dir, self.trace)
 
     @property
     def held_out(self) -> Trace | None:

@@ -10,18 +10,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from dreamer.traces import Trace
 
-BUILDERS = ("facts", "transitions", "text")
+Builder = Literal["facts", "transitions", "text"]
+BUILDERS = get_args(Builder)
 
 
 @dataclass(frozen=True)
 class ContextConfig:
-    builder: str          # facts | transitions | text
+    builder: Builder
     keys: list[str]       # facts: info keys whose values (numbers or lists of numbers) form the context
     count: int            # transitions: how many, the highest rewards first
 

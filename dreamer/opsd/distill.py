@@ -38,8 +38,11 @@ class AnchorConfig:
     batch: int           # anchor states per minibatch
 
     def __post_init__(self):
-        if self.coef < 0 or self.states < 1 or self.batch < 1:
-            raise ValueError(f"anchors: coef must be >= 0 and states, batch >= 1, got {self}")
+        if not self.coef >= 0:
+            raise ValueError(f"anchors.coef must be >= 0, got {self.coef}")
+        for key in ("states", "batch"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"anchors.{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,10 @@ class OPSDConfig:
     eval_every: int                # PPO updates between evaluations of teacher, student and retention
 
     def __post_init__(self):
-        if self.skip_first < 0 or self.eval_every < 1:
-            raise ValueError(f"opsd.skip_first must be >= 0 and opsd.eval_every >= 1, got {self.skip_first}, {self.eval_every}")
+        if self.skip_first < 0:
+            raise ValueError(f"skip_first must be >= 0, got {self.skip_first}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
 
 
 def token_logits(policy: nn.Module, obs: Tensor, action: Tensor, dist: Categorical | None = None) -> TokenLogits:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-SCHEDULES = ("constant", "linear", "alternating")
+Schedule = Literal["constant", "linear", "alternating"]
+SCHEDULES = get_args(Schedule)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    kind: str            # constant | linear | alternating
+    kind: Schedule
     coef: float          # constant, alternating: λ
     start: float         # linear: λ at the first update ...
     end: float           # ... and at the last one

@@ -7,6 +7,7 @@ A saved policy is a folder: `policy.pt` (a state dict, loaded with `weights_only
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,14 @@ class MLPPolicyConfig:
     hidden_sizes: list[int]
     activation: str          # a torch.nn activation class name, e.g. "Tanh"
     initial_log_std: float   # Box actions: starting log std of the Gaussian
+
+    def __post_init__(self):
+        if any(size < 1 for size in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive ints, got {self.hidden_sizes}")
+        if self.activation not in nn.modules.activation.__all__:
+            raise ValueError(f"activation must be one of {nn.modules.activation.__all__}, got {self.activation!r}")
+        if not math.isfinite(self.initial_log_std):
+            raise ValueError(f"initial_log_std must be a finite number, got {self.initial_log_std}")
 
 
 def mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:

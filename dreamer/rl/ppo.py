@@ -7,6 +7,11 @@ the same minibatches, mixed as `w_ppo * policy loss + w_aux * auxiliary loss`.
 The vector env must autoreset in SAME_STEP mode (`SimVectorEnv` does; wrap Gymnasium vector envs
 with `dreamer.rl.ppo.TorchVectorEnv`): truncated episodes are bootstrapped with the value of
 `info["final_obs"]`, terminated ones are not.
+
+Bad numbers stop training with a `NonFiniteError` naming where they arose: a non-finite observation or
+reward from the env (checked once per rollout; the offending transition is in the error), or a
+non-finite loss or gradient (checked before each optimizer step, so the weights never take them).
+`checkpoint` receives a `PPOCheckpoint` every `checkpoint_every` updates; `resume` goes on from one.
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ class PPOConfig:
     target_kl: float | None   # stop an update's epochs early past this approx KL (None: never)
     norm_adv: bool
     reward_scale: float       # rewards are multiplied by this for learning (returns are logged unscaled)
+    checkpoint_every: int     # updates between the checkpoints a run resumes from
 
     def __post_init__(self):
-        for key in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+        for key in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
         if (self.num_envs * self.num_steps) % self.num_minibatches:
@@ -67,6 +73,29 @@ class AuxiliaryLoss(Protocol):
 
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. an EMA teacher follows the student)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf in training: `where` ("env" or "loss"), a message saying at which step and in what, and
+    `details` (JSON-able numbers: the offending transition, or the loss terms)."""
+
+    def __init__(self, where: str, message: str, details: dict):
+        super().__init__(message)
+        self.where, self.details = where, details
+
+
+@dataclass
+class PPOCheckpoint:
+    """Everything `train_ppo` needs to go on after `updates` updates."""
+
+    updates: int
+    env_steps: int
+    episodes: int
+    episode_return_mean: float | None
+    policy: dict  # state_dict
+    optimizer: dict  # state_dict
+    torch_rng: Tensor  # torch's CPU generator state
+    history: list[dict]
 
 
 @dataclass
@@ -116,8 +145,13 @@ def train_ppo(
     log: Callable[[dict, int], None] | None = None,
     progress: bool = True,
     auxiliary: AuxiliaryLoss | None = None,
+    checkpoint: Callable[[PPOCheckpoint], None] | None = None,
+    resume: PPOCheckpoint | None = None,
 ) -> PPOResult:
-    """Train `policy` in place on `envs` for `config.total_steps` env steps (plus `auxiliary`'s loss)."""
+    """Train `policy` in place on `envs` for `config.total_steps` env steps (plus `auxiliary`'s loss).
+
+    From `resume`, the weights, optimizer, RNG and counters are restored and the envs start fresh
+    episodes (reset with `seed + updates`)."""
     device = next(policy.parameters()).device
     num_envs, T = envs.num_envs, config.num_steps
     if num_envs != config.num_envs:
@@ -138,15 +172,23 @@ def train_ppo(
     truncated_buf = torch.zeros((T, num_envs), device=device)
     values_buf = torch.zeros((T, num_envs), device=device)
     episode_step_buf = torch.zeros((T, num_envs), device=device, dtype=torch.long)
+    finite_buf = torch.ones((T, num_envs), device=device, dtype=torch.bool)  # the env's outputs at step t were finite
 
-    obs, _ = envs.reset(seed=seed)
+    result = PPOResult(env_steps=0, updates=0, episodes=0, episode_return_mean=None, steps_per_second=0.0)
+    if resume is not None:
+        policy.load_state_dict(resume.policy)
+        optimizer.load_state_dict(resume.optimizer)
+        torch.set_rng_state(resume.torch_rng)
+        result = PPOResult(resume.env_steps, resume.updates, resume.episodes, resume.episode_return_mean, 0.0,
+                           list(resume.history))
+    obs, _ = envs.reset(seed=seed + result.updates)
     episode_return = torch.zeros(num_envs, device=device)
     episode_step = torch.zeros(num_envs, device=device, dtype=torch.long)
-    result = PPOResult(env_steps=0, updates=0, episodes=0, episode_return_mean=None, steps_per_second=0.0)
-    start = time.perf_counter()
-    bar = tqdm(total=num_updates * batch_size, unit="step", unit_scale=True, disable=not progress, leave=False, mininterval=1.0)
+    start, steps_at_start = time.perf_counter(), result.env_steps
+    bar = tqdm(total=num_updates * batch_size, initial=result.env_steps, unit="step", unit_scale=True,
+               disable=not progress, leave=False, mininterval=1.0)
 
-    for update in range(num_updates):
+    for update in range(result.updates, num_updates):
         if config.anneal_lr:
             optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - update / num_updates)
         finished_returns = torch.zeros((), device=device)
@@ -169,7 +211,9 @@ def train_ppo(
             finished_count += done.sum()
             episode_return *= ~done
             episode_step = (episode_step + 1) * ~done
-            obs = next_obs
+            finite_buf[t] = torch.isfinite(next_obs).all(-1) & torch.isfinite(final_obs_buf[t]).all(-1) & torch.isfinite(reward)
+            obs = torch.nan_to_num(next_obs)  # kept out of the policy until the rollout is checked
+        check_rollout(finite_buf, obs_buf, actions_buf, rewards_buf, final_obs_buf, result.env_steps)
 
         # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
         with torch.no_grad():
@@ -223,7 +267,14 @@ def train_ppo(
                     aux_figures.append(figures)
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                if not torch.isfinite(loss + grad_norm):
+                    terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "grad_norm": grad_norm}
+                    if aux_weight:
+                        terms["auxiliary_loss"] = aux_loss
+                    terms = {key: float(value.detach()) for key, value in terms.items()}
+                    raise NonFiniteError("loss", f"non-finite loss or gradient in PPO update {update + 1} (after "
+                                         f"{result.env_steps:,} env steps): {terms}; the update was not applied", terms)
                 optimizer.step()
                 if auxiliary is not None:
                     auxiliary.after_step()
@@ -237,7 +288,7 @@ def train_ppo(
         result.episodes += count
         if count:
             result.episode_return_mean = float(finished_returns.item()) / count
-        result.steps_per_second = result.env_steps / (time.perf_counter() - start)
+        result.steps_per_second = (result.env_steps - steps_at_start) / (time.perf_counter() - start)
         row = {
             "env_steps": result.env_steps,
             "episode_return_mean": result.episode_return_mean,
@@ -257,5 +308,22 @@ def train_ppo(
             log(row, result.env_steps)
         bar.update(batch_size)
         bar.set_postfix(ret=f"{result.episode_return_mean:.1f}" if result.episode_return_mean is not None else "-", sps=f"{result.steps_per_second:,.0f}")
+        if checkpoint is not None and (result.updates % config.checkpoint_every == 0 or result.updates == num_updates):
+            checkpoint(PPOCheckpoint(result.updates, result.env_steps, result.episodes, result.episode_return_mean,
+                                     policy.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
+                                     list(result.history)))
     bar.close()
     return result
+
+
+def check_rollout(finite: Tensor, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, env_steps: int) -> None:
+    """Raise NonFiniteError at the first (step, env) of a (T, N) rollout where the env returned a non-finite
+    observation (the next one, or the first of the next episode) or reward (one host sync)."""
+    if bool(finite.all()):
+        return
+    t, env = (int(i) for i in torch.nonzero(~finite)[0])
+    details = {"obs": obs[t, env].tolist(), "action": action[t, env].tolist(), "next_obs": next_obs[t, env].tolist(),
+               "reward": float(reward[t, env]), "env": env, "step_in_rollout": t}
+    what = "reward" if not torch.isfinite(reward[t, env]) else "observation"
+    raise NonFiniteError("env", f"the env returned a non-finite {what} at env step "
+                         f"{env_steps + (t + 1) * obs.shape[1]:,} (env {env}), stepping from {details}", details)

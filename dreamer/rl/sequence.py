@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ from dreamer.artifacts import atomic_path, write_text
 from dreamer.rl.policy import read_policy_meta
 from dreamer.sim.contract import space_from_dict, space_to_dict
 
-CODECS = ("numeric", "text")
-DTYPES = ("float32", "float16", "bfloat16")
+Codec = Literal["numeric", "text"]
+DType = Literal["float32", "float16", "bfloat16"]
+CODECS, DTYPES = get_args(Codec), get_args(DType)
 
 TextContext = str | list[str] | None
 """Text codec context: one string for every row, one string per row, or None (rendered as "")."""
@@ -46,7 +47,7 @@ TextContext = str | list[str] | None
 
 @dataclass(frozen=True)
 class SequencePolicyConfig:
-    codec: str                      # "numeric" | "text"
+    codec: Codec
     bins: int                       # numeric: tokens per number
     mu: float                       # numeric: µ-law companding strength before uniform binning (0: plain uniform bins)
     value_clip: float               # numeric: standardised values are clipped to ±value_clip before binning
@@ -54,7 +55,7 @@ class SequencePolicyConfig:
     model_path: str | None          # text: a local directory with config.json and a tokenizer (never a hub name)
     template: str                   # text: the prompt, with {context} and {observation} fields
     action_names: list[str] | None  # text: one name per discrete action, e.g. ["left", "right"]
-    dtype: str                      # text: the LM's dtype, one of DTYPES
+    dtype: DType                    # text: the LM's dtype
 
     def __post_init__(self):
         if self.codec not in CODECS:

@@ -50,7 +50,7 @@ class SandboxConfig:
     max_processes: int  # RLIMIT_NPROC headroom (processes and threads) over the user's current count
     max_open_files: int  # RLIMIT_NOFILE of the worker
     max_output_mb: float  # stdout read cap, also RLIMIT_FSIZE (files, stderr log)
-    workers: int  # candidates validated at once, each in its own worker process
+    workers: int  # candidates validated at once, each in its own worker: <= workers x memory_mb in all
     seed: int  # seeds the rollouts and the random actions
     kstep: int  # horizon of the open-loop fidelity figure (steps)
     batch_check_size: int  # rows in the shape and batch-vs-row checks

@@ -14,10 +14,16 @@ Both levels run with a minimal environment (no inherited variables: no API keys 
 rlimits AS, CPU, NPROC, NOFILE, FSIZE and CORE (bwrap is started under them), a cap on stdout, a
 wall-clock kill of the process group (under bwrap: of the whole pid namespace), and SIGKILL when the
 calling process dies. `Isolated.isolation` says exactly what was in force.
+
+A process that dies of SIGKILL or SIGTERM which no limit of the run sent was killed from outside the
+sandbox (the kernel's out-of-memory killer, an operator): `Isolated.killed_from_outside` says so,
+since running it again may well succeed. A thread that called `cancel_on(event)` has each of its runs
+killed, cleaned up and ended with `Cancelled` once `event` is set.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import json
@@ -43,6 +49,7 @@ BWRAP = "bwrap"  # the bubblewrap binary, looked up on PATH
 PACKAGE_DIR = Path(dreamer.__file__).resolve().parent
 STDERR_TAIL_LINES = 12
 STDERR_TAIL_BYTES = 1 << 16
+POLL_S = 0.1  # how often a run looks at its cancel event
 CLEANUP_S = 5.0  # most seconds to wait for killed processes to be gone
 PROBE_TIMEOUT_S = 30.0
 CLONE_NEWNET = 0x40000000  # unshare(2) flag: a new, empty network namespace
@@ -53,12 +60,16 @@ PROBE_MODULES = ("dreamer", "numpy", "torch", "gymnasium")  # what the worker im
 SIGNAL_HINTS = {
     signal.SIGXCPU: "CPU time limit (sandbox.cpu_s) exceeded",
     signal.SIGXFSZ: "file size limit (sandbox.max_output_mb) exceeded",
-    signal.SIGKILL: "killed, e.g. by the kernel's out-of-memory killer",
     signal.SIGSEGV: "crashed in native code",
 }
+# What the out-of-memory killer and operators send. No limit of a run does: the wall clock and the
+# stdout cap are reported as such, and RLIMIT_CPU's SIGKILL at cpu_s + 1 only follows a SIGXCPU the
+# worker survived, which neither it nor an allowlisted sim can arrange.
+OUTSIDE_SIGNALS = (signal.SIGKILL, signal.SIGTERM)
 _LIBC = ctypes.CDLL(None, use_errno=True)  # resolved here: the child only calls what is already loaded
 _UNSHARE, _PRCTL = getattr(_LIBC, "unshare", None), getattr(_LIBC, "prctl", None)
 _PROBE_LOCK = threading.Lock()
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("sandbox_cancel", default=None)
 
 
 class Rlimit(NamedTuple):
@@ -78,11 +89,23 @@ class Isolated:
     failure: str | None  # what happened to the process, e.g. "timed out after 5 s (wall clock, ...) and was killed"
     stderr_tail: str  # the last STDERR_TAIL_LINES lines of its stderr
     isolation: str  # what was in force, e.g. "bwrap (no network, ...) + rlimits (...) + ..."
+    killed_from_outside: bool  # died of OUTSIDE_SIGNALS that no limit sent: a retry may succeed
+
+
+class Cancelled(Exception):
+    """The run's cancel event (see `cancel_on`) was set; its process is killed and cleaned up."""
+
+
+def cancel_on(event: threading.Event) -> None:
+    """Make every later `run_isolated` in the calling thread stop as soon as `event` is set: kill
+    its process, clean up, raise `Cancelled` (e.g. as the initializer of a thread pool)."""
+    _CANCEL.set(event)
 
 
 def run_isolated(argv: list[str], stdin: bytes, workdir: Path, config: SandboxConfig) -> Isolated:
     """Run `argv` at the level `config.isolation` asks for, feeding it `stdin`, in `workdir` (which
-    must be fresh: the command may write there). Nothing of the run survives the return."""
+    must be fresh: the command may write there). Nothing of the run survives the return or the
+    `Cancelled` raised when the thread's cancel event (see `cancel_on`) is set."""
     level = isolation_level(config)
     workdir = Path(workdir).resolve()
     limits = child_limits(config)
@@ -112,10 +135,11 @@ def run_isolated(argv: list[str], stdin: bytes, workdir: Path, config: SandboxCo
             lines = stderr.read().decode(errors="replace").strip().splitlines()
     finally:
         os.close(info_read)
+    outside = False
     if failure is None and process.returncode != 0:
-        failure = _exit_failure(process.returncode, level)
+        failure, outside = _exit_failure(process.returncode, level)
     return Isolated(None if failure else bytes(stdout), failure, "\n".join(lines[-STDERR_TAIL_LINES:]),
-                    describe(level, config, limits, network_cut=level == "bwrap" or info == b"1"))
+                    describe(level, config, limits, network_cut=level == "bwrap" or info == b"1"), outside)
 
 
 def isolation_level(config: SandboxConfig) -> str:
@@ -301,7 +325,8 @@ def _enter_limits(limits: list[Rlimit], network_fd: int | None) -> None:
 
 
 def _communicate(process: subprocess.Popen, stdin: bytes, config: SandboxConfig) -> tuple[bytearray, str | None]:
-    """Feed stdin, read stdout up to the cap, until exit or the wall clock: (stdout, failure or None)."""
+    """Feed stdin, read stdout up to the cap, until exit or the wall clock: (stdout, failure or None);
+    `Cancelled` once the thread's cancel event is set."""
     deadline = time.monotonic() + config.timeout_s
     cap = int(config.max_output_mb * 2**20)
     timed_out = f"timed out after {config.timeout_s:g} s (wall clock, sandbox.timeout_s) and was killed"
@@ -313,7 +338,8 @@ def _communicate(process: subprocess.Popen, stdin: bytes, config: SandboxConfig)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return output, timed_out
-            if selector.select(remaining):
+            _raise_if_cancelled()
+            if selector.select(min(remaining, POLL_S)):
                 chunk = os.read(process.stdout.fileno(), 1 << 16)
                 if not chunk:
                     break
@@ -335,19 +361,29 @@ def _feed(stdin, data: bytes) -> None:
 def _exited(pid: int, deadline: float) -> bool:
     """Wait until `pid` exits or `deadline`, leaving it unreaped so its group id stays its own."""
     while time.monotonic() < deadline:
+        _raise_if_cancelled()
         if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             return True
         time.sleep(0.01)
     return False
 
 
-def _exit_failure(returncode: int, level: str) -> str:
-    """Why a nonzero exit; bwrap reports a command killed by signal N as exit code 128 + N."""
+def _raise_if_cancelled() -> None:
+    event = _CANCEL.get()
+    if event is not None and event.is_set():
+        raise Cancelled("the sandboxed run was cancelled by its caller")
+
+
+def _exit_failure(returncode: int, level: str) -> tuple[str, bool]:
+    """Why a nonzero exit, and whether it was a kill from outside the sandbox (OUTSIDE_SIGNALS);
+    bwrap reports a command killed by signal N as exit code 128 + N."""
     number = -returncode if returncode < 0 else returncode - 128 if level == "bwrap" and returncode > 128 else 0
-    if not number:
-        return f"exited with code {returncode}"
-    failure = f"killed by signal {signal.Signals(number).name}"
-    return failure + (f" ({SIGNAL_HINTS[number]})" if number in SIGNAL_HINTS else "")
+    if number not in set(signal.Signals):
+        return f"exited with code {returncode}", False
+    name = signal.Signals(number).name
+    if number in OUTSIDE_SIGNALS:
+        return f"was killed from outside the sandbox (signal {number}, {name}), not by a check", True
+    return f"killed by signal {name}" + (f" ({SIGNAL_HINTS[number]})" if number in SIGNAL_HINTS else ""), False
 
 
 def _read_available(fd: int) -> bytes:

@@ -3,7 +3,8 @@
 The sim never runs in the calling process. The worker (`dreamer.sandbox.worker`) runs through
 `dreamer.sandbox.isolation.run_isolated` (bubblewrap or rlimits, see there; the report's `isolation`
 says which level and limits were in force) in a fresh temporary directory, gets its request as JSON
-on stdin and answers with JSON on stdout: nothing is ever unpickled.
+on stdin and answers with JSON on stdout: nothing is ever unpickled. A worker killed from outside the
+sandbox (the out-of-memory killer, an operator) is run once more; the report's `attempts` counts the runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -20,11 +22,14 @@ import numpy as np
 
 from dreamer.artifacts import write_json
 from dreamer.sandbox.config import SandboxConfig
-from dreamer.sandbox.isolation import run_isolated
+from dreamer.sandbox.isolation import Isolated, cancel_on, run_isolated
 from dreamer.sandbox.static import check_source
 from dreamer.sandbox.worker import HELD_OUT_ARRAYS
 from dreamer.sim.contract import space_to_dict
 from dreamer.traces import Trace
+
+ATTEMPTS = 2  # worker runs at most: a worker killed from outside the sandbox is retried once
+STATIC_ONLY = "static check only (no process started)"  # the isolation of a report the static check decided
 
 
 @dataclass
@@ -38,6 +43,7 @@ class SandboxReport:
     isolation: str
     seconds: float
     name: str
+    attempts: int  # worker runs: 0 if the static check decided, 2 if the first was killed from outside
     # The worst-predicted held-out transitions, worst first: {"index", "obs", "action", "next_obs",
     # "predicted_next_obs", "reward", "predicted_reward", "terminated", "predicted_terminated", "error"}
     counterexamples: list[dict] = field(default_factory=list)
@@ -51,18 +57,58 @@ class SandboxReport:
 
     @classmethod
     def load(cls, path: str | Path) -> SandboxReport:
-        return cls(**json.loads(Path(path).read_text()))
+        values = json.loads(Path(path).read_text())
+        values.setdefault("attempts", 0 if values["isolation"] == STATIC_ONLY else 1)  # saved before `attempts`
+        return cls(**values)
 
 
 def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "sim") -> SandboxReport:
-    """Statically check `source`, then run the worker's suite on it against `held_out`."""
+    """Statically check `source`, then run the worker's suite on it against `held_out`; a worker killed
+    from outside the sandbox is retried once, one that failed any limit or check is not."""
     start = time.monotonic()
     violations = check_source(source, name)
     lines = [f"{name}:{v.line}:{v.col}: {v.message}" for v in violations]
     static = {"passed": not violations, "detail": "\n".join(lines) or "the source passes the allowlist"}
     if violations:
         return SandboxReport(False, [f"unsafe source: {line}" for line in lines], {"static": static}, {},
-                             "static check only (no process started)", time.monotonic() - start, name)
+                             STATIC_ONLY, time.monotonic() - start, name, attempts=0)
+    for attempt in range(1, ATTEMPTS + 1):
+        run = _run_worker(source, held_out, config, name)
+        if not run.killed_from_outside:
+            break
+    result, failure = _worker_result(run.stdout, run.failure)
+    if failure is not None:
+        if run.killed_from_outside:
+            failure += f"; retried, and each of the {attempt} attempts was killed that way"
+        failure += f"; stderr ends:\n{run.stderr_tail}" if run.stderr_tail else ""
+        return SandboxReport(False, [failure], {"static": static}, {}, run.isolation, time.monotonic() - start, name,
+                             attempts=attempt)
+    checks = {"static": static, **result["checks"]}
+    reasons = list(result["reasons"])
+    accepted = not reasons and all(check["passed"] for check in checks.values())
+    return SandboxReport(accepted, reasons, checks, result["fidelity"], run.isolation, time.monotonic() - start, name,
+                         attempts=attempt, counterexamples=result.get("counterexamples", []))
+
+
+def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, names: list[str]) -> list[SandboxReport]:
+    """`validate` of each source, reports in order, with up to `config.workers` worker processes at
+    once: at most `workers` x `memory_mb` of worker address space in all (RLIMIT_AS of each; the
+    allowlist keeps sims from forking more processes). If one raises or the caller is interrupted
+    (KeyboardInterrupt), the running workers are killed and cleaned up, and the rest never start,
+    before the exception propagates."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=config.workers, initializer=cancel_on, initargs=(cancel,)) as pool:
+        try:
+            futures = [pool.submit(validate, source, held_out, config, name) for source, name in zip(sources, names)]
+            return [future.result() for future in futures]
+        except BaseException:
+            cancel.set()
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def _run_worker(source: str, held_out: Trace, config: SandboxConfig, name: str) -> Isolated:
+    """One run of the worker on `source`, in a fresh temporary directory removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="dreamer-sandbox-") as workdir:
         np.savez(Path(workdir) / "held_out.npz", **{key: getattr(held_out, key) for key in HELD_OUT_ARRAYS})
         request = {
@@ -73,23 +119,8 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
             "action_space": space_to_dict(held_out.action_space),
             "config": config.to_dict(),
         }
-        run = run_isolated([sys.executable, "-m", "dreamer.sandbox.worker"], json.dumps(request).encode(),
-                           Path(workdir), config)
-    result, failure = _worker_result(run.stdout, run.failure)
-    if failure is not None:
-        failure += f"; stderr ends:\n{run.stderr_tail}" if run.stderr_tail else ""
-        return SandboxReport(False, [failure], {"static": static}, {}, run.isolation, time.monotonic() - start, name)
-    checks = {"static": static, **result["checks"]}
-    reasons = list(result["reasons"])
-    accepted = not reasons and all(check["passed"] for check in checks.values())
-    return SandboxReport(accepted, reasons, checks, result["fidelity"], run.isolation, time.monotonic() - start, name,
-                         result.get("counterexamples", []))
-
-
-def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, names: list[str]) -> list[SandboxReport]:
-    """`validate` of each source, up to `config.workers` worker processes at once; reports in order."""
-    with ThreadPoolExecutor(max_workers=config.workers) as pool:
-        return list(pool.map(lambda pair: validate(pair[0], held_out, config, pair[1]), zip(sources, names)))
+        return run_isolated([sys.executable, "-m", "dreamer.sandbox.worker"], json.dumps(request).encode(),
+                            Path(workdir), config)
 
 
 def _worker_result(stdout: bytes | None, failure: str | None) -> tuple[dict | None, str | None]:

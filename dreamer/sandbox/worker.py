@@ -40,8 +40,8 @@ CHECKS = ("loads", "spaces", "gymnasium_checker", "shapes_and_dtypes", "rows_ind
           "deterministic", "finite", "fidelity", "planning")
 SIGNIFICANT_DIGITS = 6  # of the numbers in counterexamples
 MAX_DETAIL_CHARS = 4000
-ROW_ATOL = 1e-5
-HELD_OUT_ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "episode")  # what the suite reads  # rows_independent tolerance (float32 kernels may differ in the last bits)
+ROW_ATOL = 1e-5  # rows_independent tolerance (float32 kernels may differ in the last bits)
+HELD_OUT_ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "episode")  # what the suite reads
 
 
 @dataclass

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import openai
 import torch
@@ -20,7 +20,8 @@ import torch
 from dreamer.artifacts import write_json
 from dreamer.config import resolve_device
 
-BACKENDS = ("openai", "replay", "transformers")
+BackendName = Literal["openai", "replay", "transformers"]
+BACKENDS = get_args(BackendName)
 PLACEHOLDER_API_KEY = "no-key"  # local servers (vLLM, Ollama, llama.cpp) ignore the key, but the client needs one
 
 
@@ -59,7 +60,7 @@ class Backend(Protocol):
 class BackendConfig:
     """The `writer` config keys that pick and set up a backend (see `make_backend`)."""
 
-    backend: str  # "openai" | "transformers" | "replay"
+    backend: BackendName
     model: str | None  # openai: the model name the endpoint serves; transformers: a local directory
     base_url: str | None  # openai: e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama)
     api_key_env: str | None  # the env var holding the API key; None or an unset var: a placeholder key

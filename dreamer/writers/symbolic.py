@@ -54,6 +54,22 @@ class SymbolicWriterConfig:
     default_max_episode_steps: int    # horizon when the trace does not tell
     seed: int
 
+    def __post_init__(self):
+        for key, low in (("degree", 0), ("reward_degree", 0), ("termination_max_depth", 1),
+                         ("default_max_episode_steps", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key} must be an int >= {low}, got {getattr(self, key)}")
+        if not self.thresholds or min(self.thresholds) < 0:
+            raise ValueError(f"thresholds must be a non-empty list of numbers >= 0, got {self.thresholds}")
+        for key in ("ridge_alpha", "target_nrmse", "angle_tolerance"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not self.selection_tolerance >= 1:
+            raise ValueError(f"selection_tolerance must be >= 1 (a multiple of the best error), "
+                             f"got {self.selection_tolerance}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
 
 @dataclass(frozen=True)
 class Feature:

@@ -1,0 +1,126 @@
+"""Runs survive faults: a run killed with SIGKILL resumes in its run dir; bad numbers stop it honestly."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_DREAM, run_module
+
+from dreamer.config import compose_config
+from dreamer.resume import CHECKPOINT
+from dreamer.rl import NonFiniteError
+from dreamer.traces import load_trace
+
+ROUNDS = [400, 800]
+ARGS = [*TINY_DREAM, "algo.total_steps=16384", "algo.checkpoint_every=2", f"trace.steps_per_round=[{ROUNDS[0]},{ROUNDS[1]}]"]
+
+
+def start(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dreamer.train", *ARGS, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(process: subprocess.Popen, ready, timeout_s: float = 300) -> None:
+    """SIGKILL `process` as soon as `ready()` holds (polled every 10 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert process.poll() is None, "the run ended before the moment to kill it"
+        assert time.monotonic() < deadline, "the moment to kill the run never came"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def checkpoint_at(run_dir: Path) -> dict | None:
+    try:
+        return torch.load(run_dir / CHECKPOINT, weights_only=True)
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+
+
+def assert_complete(run_dir: Path) -> dict:
+    """The resumed run dir holds what an uninterrupted run's holds, nothing lost or twice."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["accepted"] is True
+    assert metrics["dream_env_steps"] == 2 * 16384 and metrics["real_env_steps"] == sum(ROUNDS)
+    session = load_trace(run_dir / "trace.jsonl")
+    assert len(session) == sum(ROUNDS) and len(set(session.episode_ids)) == session.num_episodes
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    updates = [row["step"] for row in rows if "dream/env_steps" in row]
+    assert updates == list(range(1024, 2 * 16384 + 1, 1024)), "each PPO update logged exactly once, in order"
+    assert sum("fidelity/accuracy" in row for row in rows) == 2, "each round's write stage logged once"
+    assert sum("real/return_mean" in row for row in rows) == 1
+    assert not list(run_dir.rglob(".*.tmp")), "no half-written file is left"
+    return metrics
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_training_resumes_from_its_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+
+    def mid_training() -> bool:
+        state = checkpoint_at(run_dir)
+        return state is not None and state["round"] == 1 and state["stage"] == "training" and state["ppo"]["updates"] >= 4
+
+    kill_when(process, mid_training)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+    again = run_module("dreamer.train", *ARGS, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stderr and "round 2, stage training" in again.stderr
+    assert "real steps" not in again.stderr, "nothing recorded again"
+    assert_complete(run_dir)
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_its_writer_works_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    round_dir = run_dir / "env" / "round_0"
+    kill_when(process, lambda: (round_dir / "split.json").exists() and not (round_dir / "report.json").exists())
+    again = run_module("dreamer.train", *ARGS, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_complete(run_dir)
+
+
+@pytest.mark.slow
+def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    kill_when(process, lambda: checkpoint_at(run_dir) is not None)
+    other = run_module("dreamer.train", *ARGS, "seed=1", f"hydra.run.dir={run_dir}")
+    assert other.returncode != 0 and "holds an unfinished run with another config (seed: 0 -> 1, writer.seed: 0 -> 1)" in other.stderr
+
+
+def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
+    """NaN in training: metrics.json says failed and counts it, the details are saved, the checkpoint kept."""
+    from dreamer import train
+
+    def nan_training(*args, checkpoint, **kwargs):
+        raise NonFiniteError("env", "the env returned a non-finite reward at env step 1,024 (env 3): ...",
+                             {"obs": [0.1, 0.0, 0.0, 0.0], "action": 1, "next_obs": [0.1, 0.0, 0.0, 0.0], "reward": None})
+
+    monkeypatch.setattr(train, "train_ppo", nan_training)
+    cfg = compose_config("train", [*ARGS, "trace.steps_per_round=[300]"])
+    with pytest.raises(NonFiniteError):
+        train.run(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["nonfinite"]["count"] == 1 and "non-finite reward" in metrics["error"]
+    saved = json.loads((tmp_path / "run" / "nonfinite.json").read_text())
+    assert saved["where"] == "env" and saved["details"]["obs"] == [0.1, 0.0, 0.0, 0.0]
+    assert checkpoint_at(tmp_path / "run")["stage"] == "written", "the last good checkpoint stays"
+
+
+def test_a_folder_that_holds_other_files_is_never_written_into(tmp_path):
+    from dreamer import train
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not empty and holds no run"):
+        train.run(compose_config("train", ARGS), tmp_path / "run")
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["notes.txt"]
