@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from dreamer.artifacts import finite_or_none
+from dreamer.artifacts import finite_or_none, write_text
 
 HISTORY = "history.jsonl"
+WANDB_ID = "wandb_id"  # the run's wandb id, kept so that a resumed run goes on in the same wandb run
 FALLBACK = "metrics go to history.jsonl and metrics.json only"
 
 
@@ -124,9 +126,12 @@ def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str,
     try:
         import wandb
 
+        id_path = Path(run_dir) / WANDB_ID
+        run_id = id_path.read_text().strip() if id_path.is_file() else uuid.uuid4().hex[:12]
         settings = wandb.Settings(init_timeout=init_timeout_s, console="off", silent=True)
-        run = _bounded(lambda: wandb.init(project=project, mode=mode, dir=str(run_dir), config=config,
-                                         settings=settings), init_timeout_s)
+        run = _bounded(lambda: wandb.init(project=project, mode=mode, dir=str(run_dir), config=config, id=run_id,
+                                         resume="allow", settings=settings), init_timeout_s)
+        write_text(id_path, run_id)  # a resumed run logs to the same wandb run
     except Exception as error:  # wandb must never stop the run
         warnings.warn(f"wandb could not start ({_describe(error)}); {FALLBACK}", stacklevel=2)
         return Loggers(history)

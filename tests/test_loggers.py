@@ -10,7 +10,7 @@ import warnings
 import pytest
 import wandb
 
-from dreamer.loggers import HISTORY, WandbLogger, make_logger
+from dreamer.loggers import HISTORY, WANDB_ID, WandbLogger, make_logger
 
 TIMEOUT_S = 0.5  # each wandb call's bound in the fault tests
 BOUND_S = 5  # what a run may take past a fault, generously
@@ -74,6 +74,10 @@ def test_offline_wandb_writes_its_run_under_the_run_dir(tmp_path, monkeypatch):
     logger.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert steps(tmp_path) == [1]
+    run_id = (tmp_path / WANDB_ID).read_text()
+    resumed = make_logger("wandb", tmp_path, {"seed": 0}, "dreamer-test", "offline", 30)  # a resumed run
+    assert resumed.others[0].run.id == run_id
+    resumed.finish()
 
 
 def test_without_wandb_installed_the_run_keeps_its_history_file(tmp_path, monkeypatch):
