@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dreamer.sandbox import SandboxConfig
+from dreamer.sandbox.isolation import bwrap_problem
 from dreamer.traces import Trace, collect_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +24,14 @@ def cartpole_source() -> str:
 def held_out() -> Trace:
     """600 random-action steps of the real CartPole-v1 (seed 0): held-out data for the sandbox."""
     return collect_trace(gymnasium.make("CartPole-v1"), 600, seed=0)
+
+
+@pytest.fixture(params=["bwrap", "rlimits"])
+def level(request) -> str:
+    """Each isolation level of the sandbox; bwrap where it works on this machine (CI installs it)."""
+    if request.param == "bwrap" and bwrap_problem() is not None:
+        pytest.skip(f"bubblewrap does not work on this machine: {bwrap_problem()}")
+    return request.param
 
 
 @pytest.fixture(scope="session")

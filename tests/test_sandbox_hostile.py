@@ -79,13 +79,6 @@ def parent_unharmed():
     assert torch.ones(1000).sum().item() == 1000.0
 
 
-@pytest.fixture(params=["bwrap", "rlimits"])
-def level(request) -> str:
-    if request.param == "bwrap" and bwrap_problem() is not None:
-        pytest.skip(f"bubblewrap does not work on this machine: {bwrap_problem()}")
-    return request.param
-
-
 # --- validate: stopped by the static check, no process started -----------------------------------
 
 STATIC_CASES = {
