@@ -1,8 +1,9 @@
 """The entry point: `python -m dreamer.train [+experiment=NAME] [overrides]`.
 
 `pipeline` picks what runs: `dream` (the default, below), or the OPSD experiments `opsd_self_context`
-and `opsd_veteran` (`dreamer.opsd.experiments`). Every pipeline writes `config.yaml` first and
-`metrics.json` last into a new run dir.
+and `opsd_veteran` (`dreamer.opsd.experiments`). Every pipeline writes `config.yaml` and `metrics.json`
+(`status: running`) first into a new run dir, runs as named stages (`dreamer.resume.Stages`, so that
+rerunning it into an unfinished run dir resumes it), and writes the final `metrics.json` last.
 
 The dream loop: each round records real steps (appended to `trace.jsonl` as each episode ends) or
 loads the trace file, has the writer write a sim from the session's training episodes that the sandbox
@@ -32,7 +33,7 @@ from dreamer.config import build, check_run_config, resolve_device, to_plain, tr
 from dreamer.loggers import Logger, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
-from dreamer.resume import METRICS, DreamCheckpoint, check_same_config, cut_history, history_rows, run_status
+from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, NonFiniteError, PPOConfig, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import SimVectorEnv
@@ -62,7 +63,7 @@ def summary_table(metrics: dict) -> Table:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Check the config, run `cfg.pipeline` (resuming an unfinished dream run in `run_dir`); returns the
+    """Check the config, run `cfg.pipeline` (resuming the unfinished run in `run_dir`, if any); returns the
     metrics also written to `run_dir/metrics.json`."""
     start = time.perf_counter()
     status = run_status(run_dir)
@@ -76,17 +77,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     resuming = (run_dir / "config.yaml").is_file()
     if not resuming and run_dir.is_dir() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty and holds no run (no config.yaml): choose another hydra.run.dir")
+    stages = Stages(run_dir)
     if resuming:
         check_same_config(run_dir, cfg)
-        if cfg.pipeline != "dream":
-            raise ValueError(f"{run_dir} holds an unfinished {cfg.pipeline} run; only the dream pipeline resumes: "
-                             "choose another hydra.run.dir")
-        checkpoint = DreamCheckpoint.load(run_dir)
-        cut_history(run_dir, 0 if checkpoint is None else checkpoint.history_rows)
+        cut_history(run_dir, stages.history_rows)
         for stale in run_dir.rglob(".*.tmp"):  # an atomic write the interruption cut short
             stale.unlink()
-        console.print(f"[bold]resuming[/] {run_dir} from "
-                      + ("its start" if checkpoint is None else f"round {checkpoint.round + 1}, stage {checkpoint.stage}"))
+        console.print(f"[bold]resuming[/] {run_dir} {stages.where()}")
     else:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     header = {"pipeline": cfg.pipeline, "seed": cfg.seed, "device": str(device)}
@@ -94,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
     try:
-        metrics, table = pipeline(logger, device)
+        metrics, table = pipeline(logger, device, stages)
     except NonFiniteError as error:
         write_json(run_dir / "nonfinite.json", {"where": error.where, "message": str(error), "details": error.details})
         write_json(run_dir / METRICS, {"status": "failed", **header, "error": str(error),
@@ -109,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
+def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device, Stages], tuple[dict, Table]]:
     """The dream loop (module docstring); with `opsd.enabled`, a checkpoint teacher distils into every round's PPO."""
     writer = make_writer(cfg.writer)
     sandbox_config = SandboxConfig.from_dict(cfg.sandbox)
@@ -126,10 +123,8 @@ def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tu
 
 def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: SandboxConfig, ppo_config: PPOConfig,
               policy_config: MLPPolicyConfig, opsd: OPSDConfig, columns: TableColumns | None, logger: Logger,
-              device: torch.device) -> tuple[dict, Table]:
+              device: torch.device, stages: Stages) -> tuple[dict, Table]:
     teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
-    resume = DreamCheckpoint.load(run_dir) or DreamCheckpoint(0, "start", 0, 0)
-
     if cfg.trace.source == "env":
         rounds = list(cfg.trace.steps_per_round)
         recorder = TraceRecorder(gymnasium.make(cfg.trace.env_id), path=run_dir / "trace.jsonl")  # appends as it goes
@@ -140,19 +135,21 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         rounds = [None]
 
     policy: MLPPolicy | None = None
-    if resume.policy is not None:
-        policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
-        policy.load_state_dict(resume.policy)
-    dream_steps, sps, written, last_update = resume.dream_steps, 0.0, None, None
+    dream_steps, sps, written, last_update = 0, 0.0, None, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
-        last = r == len(rounds) - 1
-        round_dir = env_dir if last else env_dir / f"round_{r}"
+        round_dir = env_dir if r == len(rounds) - 1 else env_dir / f"round_{r}"
         previous = written.source if written is not None else None
-        if r < resume.round:  # done before the interruption
+        write_stage, ppo_stage = f"round {r + 1} write", f"round {r + 1} PPO"
+        if ppo_stage in stages:  # the round ended before an interruption
             written = read_written(round_dir, cfg.sim.name)
+            if policy is None:
+                policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
+            trained = stages.result(ppo_stage)
+            policy.load_state_dict(trained["policy"])
+            dream_steps += trained["env_steps"]
+            sps, last_update = trained["steps_per_second"], trained["last_update"]
             continue
-        stage = resume.stage if r == resume.round else "start"
         if num_steps is not None:
             missing = sum(rounds[:r + 1]) - (0 if session is None else len(session))
             if missing > 0:
@@ -161,19 +158,17 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
                 behaviour = None if policy is None else partial(policy.act, deterministic=False)
                 session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
-        split = read_split(round_dir, session) if stage != "start" else None
-        if split is None:
+        if write_stage in stages:
+            stages.result(write_stage)
+            (train_trace, held_out), written = read_split(round_dir, session), read_written(round_dir, cfg.sim.name)
+        else:
             train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
             written = write_sim(writer, train_trace, held_out, sandbox_config, cfg.sim.name, round_dir, previous)
             console.print(f"  writer={writer.name} ({written.label}): {verdict_line(written.report)}")
             logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity or {}).items()
                         if isinstance(v, int | float)}, dream_steps)
-            state = None if policy is None else policy.state_dict()
-            DreamCheckpoint(r, "written", dream_steps, history_rows(run_dir), state).save(run_dir)
-        else:
-            (train_trace, held_out), written = split, read_written(round_dir, cfg.sim.name)
-        report = written.report
-        if not report.accepted:
+            stages.finish(write_stage)
+        if not written.report.accepted:
             break
         sim = load_sim(round_dir / f"{cfg.sim.name}.py")
         if policy is None:
@@ -182,16 +177,16 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
             policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std))
         envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
-        before = dream_steps
+        before, progress = dream_steps, stages.progress(ppo_stage)
         result = train_ppo(policy, envs, ppo_config, seed=cfg.seed + r,
                            log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, before + step),
                            progress=cfg.algo.progress, auxiliary=distill,
-                           checkpoint=lambda ppo: DreamCheckpoint(r, "training", before, history_rows(run_dir), None,
-                                                                  ppo).save(run_dir),
-                           resume=resume.ppo if stage == "training" else None)
+                           checkpoint=partial(stages.save_progress, ppo_stage),
+                           resume=None if progress is None else progress[0])
         dream_steps += result.env_steps
-        DreamCheckpoint(r + 1, "start", dream_steps, history_rows(run_dir), policy.state_dict()).save(run_dir)
         sps, last_update = result.steps_per_second, result.history[-1]
+        stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
+                                  "steps_per_second": sps, "last_update": last_update})
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 

@@ -222,6 +222,37 @@ def test_gaussian_policies_distil_with_the_closed_form_kl_and_anchors_add_kl_to_
     torch.testing.assert_close(loss, expected)
 
 
+
+def test_a_resumed_consolidation_goes_on_with_the_teachers_weights_and_the_anchor_draws():
+    """An EMA teacher's weights and steps, and the anchor sampler's state, travel in PPO's checkpoints."""
+    sim = FuncSim.from_source(family_source([GOAL]))
+
+    def consolidation() -> tuple[MLPPolicy, Distillation]:
+        torch.manual_seed(0)
+        student = MLPPolicy(sim.observation_space, sim.action_space, MLPPolicyConfig([16], "Tanh", 0.0))
+        teacher = copy.deepcopy(student)
+        anchors = Anchors(student, copy.deepcopy(student).requires_grad_(False), torch.randn(64, 2), 1.0, 8)
+        return student, Distillation(student, student, Teacher(teacher, teacher, "ema", 0.5), opsd_config(), anchors, seed=3)
+
+    config = ppo_config(num_envs=8, num_steps=8, total_steps=8 * 8 * 4, checkpoint_every=2)
+    student, distill = consolidation()
+    start = copy.deepcopy(distill.teacher.model.state_dict())
+    saved = []
+    train_ppo(student, SimVectorEnv(sim, 8), config, seed=0, progress=False, auxiliary=distill,
+              checkpoint=lambda state: saved.append(copy.deepcopy(state)))
+    first = saved[0]  # after 2 of 4 updates
+    assert first.auxiliary["teacher"]["steps"] == 2 * config.update_epochs * config.num_minibatches
+
+    student, resumed = consolidation()
+    train_ppo(student, SimVectorEnv(sim, 8), ppo_config(num_envs=8, num_steps=8, total_steps=8 * 8 * 2), seed=0,
+              progress=False, auxiliary=resumed, resume=first)  # nothing left to train: the state is restored
+    assert resumed.teacher.steps == first.auxiliary["teacher"]["steps"]
+    for key, weights in resumed.teacher.model.state_dict().items():
+        torch.testing.assert_close(weights, first.auxiliary["teacher"]["model"][key])
+    assert any(not torch.equal(start[key], weights) for key, weights in resumed.teacher.model.state_dict().items())
+    assert torch.equal(resumed.generator.get_state(), first.auxiliary["generator"])
+    assert not torch.equal(resumed.generator.get_state(), torch.Generator().manual_seed(3).get_state())
+
 @pytest.mark.slow
 def test_short_consolidation_with_a_tiny_transformer_closes_the_gap_and_keeps_the_anchors():
     """PPO + OPSD in a variant's dream: the empty-context student comes to act like the teacher with the

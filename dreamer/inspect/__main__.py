@@ -1,7 +1,8 @@
 """`python -m dreamer.inspect [RUN_DIR]`: a terminal summary of a run (default: the newest under runs/).
 
-Shows what the run has written so far: the trace, the writer's candidates, the sandbox report and
-held-out fidelity, the training curves, and real vs dream returns (or an OPSD run's summary).
+Shows what the run has written so far: what stopped it if bad numbers did, the trace, the writer's
+candidates, the sandbox report and held-out fidelity, the training curves, and real vs dream returns (or
+an OPSD run's summary).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import sys
 from rich.console import Console
 
 from dreamer.inspect.run import Run, latest_run
-from dreamer.inspect.tables import (candidates_table, curves_table, fidelity_table, metrics_table, report_table,
-                                    returns_table, trace_table)
+from dreamer.inspect.tables import (candidates_table, curves_table, fidelity_table, metrics_table, nonfinite_table,
+                                    report_table, returns_table, trace_table)
 
 CURVE_KEYS = ("dream/episode_return_mean", "dream/policy_loss", "dream/value_loss", "dream/entropy", "dream/approx_kl",
               "real/return_mean")
@@ -25,6 +26,8 @@ def summarise(run: Run, console: Console) -> None:
     status = (metrics or {}).get("status", "not started")
     state = status if status == "finished" else f"[yellow]{status}[/]" + (f": {metrics['error']}" if metrics and "error" in metrics else "")
     console.rule(f"{run.path}  —  pipeline {config.get('pipeline', 'write')}, seed {config.get('seed')}, {state}")
+    if run.nonfinite is not None:
+        console.print(nonfinite_table(run.nonfinite))
     if run.trace is not None:
         console.print(trace_table(run.trace))
     if run.selection is not None:

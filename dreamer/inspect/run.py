@@ -62,6 +62,13 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
     @cached_property
+    def nonfinite(self) -> dict | None:
+        """nonfinite.json, when bad numbers stopped the run: `where`, `message` and `details` (the offending
+        transition, its `obs` the state the env stepped from, or the loss terms)."""
+        path = self.path / "nonfinite.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @cached_property
     def history(self) -> list[dict]:
         """Every logged row, in order: {"step": int, key: value, ...} (a last line cut short by a crash is left out)."""
         path = self.path / HISTORY

@@ -120,6 +120,15 @@ def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
     return table
 
 
+def nonfinite_table(nonfinite: dict) -> Table:
+    """What stopped a run with bad numbers (`Run.nonfinite`): the message, then each detail."""
+    table = Table(title=f"Bad numbers stopped the run (in the {nonfinite['where']})", show_header=False)
+    table.add_row("message", nonfinite["message"])
+    for key, value in nonfinite["details"].items():
+        table.add_row(key, str(value))
+    return table
+
+
 def metrics_table(metrics: dict, title: str = "metrics.json") -> Table:
     """The scalar entries of a metrics dict (nested dicts flattened with "/")."""
     table = Table(title=title, show_header=False)

@@ -160,3 +160,10 @@ class Distillation:
 
     def after_step(self) -> None:
         self.teacher.follow(self.student_model)
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.generator.set_state(state["generator"])

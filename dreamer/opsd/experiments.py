@@ -12,6 +12,9 @@ return on the other variants with their contexts).
 of variant C by PPO (naive fine-tuning); then OPSD of the veteran (a checkpoint teacher) into the
 base, with anchor states of A and B. Reported: real-env returns of base, veteran and consolidated
 policy on A, B and C.
+
+Both run as named stages (`dreamer.resume.Stages`), each PPO stage checkpointed every
+`algo.checkpoint_every` updates, so that an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from gymnasium import spaces
 from omegaconf import DictConfig
 from rich.table import Table
+from torch import nn
 
 from dreamer.config import build
 from dreamer.envs import HiddenGoalEnv, family_source, goal_at
@@ -34,7 +38,8 @@ from dreamer.loggers import Logger
 from dreamer.opsd.context import build_context
 from dreamer.opsd.distill import Anchors, Distillation, OPSDConfig, collect_states
 from dreamer.opsd.teachers import Teacher
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, train_ppo
+from dreamer.resume import Stages
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, load_policy, train_ppo
 from dreamer.rl.sequence import SequencePolicy, SequencePolicyConfig
 from dreamer.sim import FuncSim, SimVectorEnv
 from dreamer.traces import TraceRecorder, record_steps, save_trace
@@ -43,14 +48,21 @@ from dreamer.traces import TraceRecorder, record_steps, save_trace
 class Monitor:
     """PPO's `log` callback: logs every update's row and, every `every` updates (and before the first),
     runs `evaluate` (-> figures such as mean returns) and appends its figures, with the env steps so
-    far, to `curve`."""
+    far, to `curve`. From `saved` (a `state()`), it goes on where that one stood."""
 
-    def __init__(self, logger: Logger, prefix: str, evaluate: Callable[[], dict[str, float]], every: int, step: int):
+    def __init__(self, logger: Logger, prefix: str, evaluate: Callable[[], dict[str, float]], every: int, step: int,
+                 saved: dict | None = None):
         self.logger, self.prefix, self.run_evaluation, self.every, self.step = logger, prefix, evaluate, every, step
         self.updates = 0
         self.curve: list[dict[str, float]] = []
         self.last_row: dict = {}
-        self.evaluate(0)
+        if saved is None:
+            self.evaluate(0)
+        else:
+            self.updates, self.curve, self.last_row = saved["updates"], saved["curve"], saved["last_row"]
+
+    def state(self) -> dict:
+        return {"updates": self.updates, "curve": list(self.curve), "last_row": self.last_row}
 
     def evaluate(self, env_steps: int) -> None:
         figures = {"env_steps": env_steps, **self.run_evaluation()}
@@ -63,6 +75,23 @@ class Monitor:
         self.updates += 1
         if self.updates % self.every == 0:
             self.evaluate(env_steps)
+
+
+def ppo_stage(stages: Stages, name: str, monitor: Callable[[dict | None], Monitor], policy: nn.Module,
+              envs: SimVectorEnv, config: PPOConfig, seed: int, progress: bool, auxiliary: Distillation | None = None
+              ) -> Monitor:
+    """Stage `name`: `train_ppo` logged by `monitor(saved state)`, from the stage's last checkpoint if it has
+    one, checkpointing every `config.checkpoint_every` updates. Returns the monitor (the caller finishes the stage)."""
+    saved = stages.progress(name)
+    log = monitor(None if saved is None else saved[1])
+    train_ppo(policy, envs, config, seed, log=log, progress=progress, auxiliary=auxiliary,
+              checkpoint=lambda ppo: stages.save_progress(name, ppo, log.state()), resume=None if saved is None else saved[0])
+    return log
+
+
+def load_weights(model: nn.Module, folder: Path) -> None:
+    """Load the weights of the policy saved in `folder` into `model` (same architecture), in place."""
+    model.load_state_dict(load_policy(folder).state_dict())
 
 
 def first_reaching(curve: list[dict[str, float]], key: str, level: float) -> float | None:
@@ -97,13 +126,13 @@ def build_sections(cfg: DictConfig, policy_config: type, teacher_kind: str) -> t
     return opsd, build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress")), build(policy_config, cfg.policy, "policy", ignore=("kind",))
 
 
-def self_context(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
+def self_context(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device, Stages], tuple[dict, Table]]:
     """Check the config of `opsd_self_context`; returns the run."""
     return partial(run_self_context, cfg, run_dir, *build_sections(cfg, SequencePolicyConfig, "self_context"))
 
 
 def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig, policy_config: SequencePolicyConfig,
-                     logger: Logger, device: torch.device) -> tuple[dict, Table]:
+                     logger: Logger, device: torch.device, stages: Stages) -> tuple[dict, Table]:
     family, progress = cfg.family, cfg.algo.progress
     radius, episodes = family.radius, family.eval_episodes
     family_sim = FuncSim.from_source(family_source(None, reveal_goal=True, radius=radius), "family")
@@ -115,22 +144,31 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
         standardise_from(model.set_context_stats, family_sim, cfg.seed, slice(0, 2))
         standardise_from(model.set_obs_stats, family_sim, cfg.seed, slice(2, None))
     model.to(device)
-    pretrain = dataclasses.replace(ppo, total_steps=family.pretrain_steps)
-    pretrain_monitor = Monitor(logger, "pretrain", dict, 1, 0)
-    train_ppo(model.bind_from_obs(), SimVectorEnv(family_sim, ppo.num_envs, device), pretrain, cfg.seed,
-              log=pretrain_monitor, progress=progress)
-    model.save(run_dir / "pretrained")
+    if "pretrain" in stages:
+        load_weights(model, run_dir / "pretrained")
+        stages.result("pretrain")
+    else:
+        ppo_stage(stages, "pretrain", partial(Monitor, logger, "pretrain", dict, 1, 0), model.bind_from_obs(),
+                  SimVectorEnv(family_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.pretrain_steps),
+                  cfg.seed, progress)
+        model.save(run_dir / "pretrained")
+        stages.finish("pretrain")
     step = family.pretrain_steps
 
     runs = []
     for seed in family.seeds:
         # 2. A new variant that the empty-context student cannot do yet; a session of random actions in its
         # real env reveals the goal.
-        angle, draws = new_variant(model.to(device), family, seed)
-        real_env = HiddenGoalEnv(goal_at(angle, radius))
-        session = record_steps(TraceRecorder(real_env), family.session_steps, seed, None)
-        save_trace(session, run_dir / f"seed_{seed}" / "trace.jsonl")
-        context = build_context(session, opsd.context)
+        if f"seed {seed} variant" in stages:
+            variant = stages.result(f"seed {seed} variant")
+        else:
+            angle, draws = new_variant(model.to(device), family, seed)
+            session = record_steps(TraceRecorder(HiddenGoalEnv(goal_at(angle, radius))), family.session_steps, seed, None)
+            save_trace(session, run_dir / f"seed_{seed}" / "trace.jsonl")
+            variant = {"angle": angle, "draws": draws, "session_steps": len(session),
+                       "context": build_context(session, opsd.context)}
+            stages.finish(f"seed {seed} variant", variant)
+        context, real_env = variant["context"], HiddenGoalEnv(goal_at(variant["angle"], radius))
         variant_sim = FuncSim.from_source(family_source([tuple(context.tolist())], radius=radius), "variant")
 
         def in_variant(view) -> float:
@@ -139,12 +177,18 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
         def on_family(model_) -> float:
             return float(evaluate_in_sim(model_.bind_from_obs(), family_sim, episodes, seed).mean())
 
-        teacher_return = in_variant(model.bind(context.to(device)))  # the model with the session's context
+        teacher_return = in_variant(model.to(device).bind(context.to(device)))  # the model with the session's context
         retention_before = on_family(model)
 
         # 3. Consolidation by PPO + OPSD, and by PPO alone, from the same start and with the same budget.
         curves, finals = {}, {}
         for method in ("opsd", "ppo"):
+            stage = f"seed {seed} {method}"
+            if stage in stages:
+                done = stages.result(stage)
+                curves[method], finals[method] = done["curve"], done["final"]
+                step += ppo.total_steps
+                continue
             torch.manual_seed(seed)
             student_model = copy.deepcopy(model)
             student = student_model.bind(None)
@@ -162,19 +206,20 @@ def run_self_context(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOC
                 return {"student_return": student_return, "teacher_return": teacher_now,
                         "teacher_student_gap": teacher_now - student_return, "retention_return": on_family(student_model)}
 
-            monitor = Monitor(logger, f"seed_{seed}/{method}", evaluate, opsd.eval_every, step)
-            train_ppo(student, SimVectorEnv(variant_sim, ppo.num_envs, device), ppo, seed, log=monitor,
-                      progress=progress, auxiliary=distill)
+            monitor = ppo_stage(stages, stage, partial(Monitor, logger, f"seed_{seed}/{method}", evaluate, opsd.eval_every, step),
+                                student, SimVectorEnv(variant_sim, ppo.num_envs, device), ppo, seed, progress, distill)
             step += ppo.total_steps
             student_model.cpu().save(run_dir / f"seed_{seed}" / method)
             curves[method] = monitor.curve
             finals[method] = {"real_return": float(evaluate_policy(student_model.bind(None), real_env, episodes, cfg.eval.seed).mean()),
                               "retention_return": on_family(student_model.to(device)),
                               "last_update": monitor.last_row}
+            stages.finish(stage, {"curve": curves[method], "final": finals[method]})
         level = family.level * teacher_return
         reached = {method: first_reaching(curves[method], "student_return", level) for method in curves}
         runs.append({
-            "seed": seed, "goal_angle_deg": angle, "goal_draws": draws, "context": context.tolist(), "session_steps": len(session),
+            "seed": seed, "goal_angle_deg": variant["angle"], "goal_draws": variant["draws"], "context": context.tolist(),
+            "session_steps": variant["session_steps"],
             "teacher_return_dream": teacher_return,
             "teacher_return_real": float(evaluate_policy(model.cpu().bind(context), real_env, episodes, cfg.eval.seed).mean()),
             "student_return_real_before": float(evaluate_policy(model.bind(None), real_env, episodes, cfg.eval.seed).mean()),
@@ -263,7 +308,7 @@ def self_context_table(summary: dict) -> Table:
     return table
 
 
-def veteran(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], tuple[dict, Table]]:
+def veteran(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device, Stages], tuple[dict, Table]]:
     """Check the config of `opsd_veteran`; returns the run."""
     sections = build_sections(cfg, MLPPolicyConfig, "checkpoint")
     if cfg.family.new_variant not in cfg.family.variants or not set(cfg.family.old_variants) <= set(cfg.family.variants):
@@ -272,7 +317,7 @@ def veteran(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device], 
 
 
 def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig, policy_config: MLPPolicyConfig,
-                logger: Logger, device: torch.device) -> tuple[dict, Table]:
+                logger: Logger, device: torch.device, stages: Stages) -> tuple[dict, Table]:
     family, progress = cfg.family, cfg.algo.progress
     variants = {name: (goal_at(spec.angle, family.radius), float(spec.cue)) for name, spec in family.variants.items()}
     old, new = list(family.old_variants), family.new_variant
@@ -293,29 +338,47 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     base = MLPPolicy(old_sim.observation_space, old_sim.action_space, policy_config)
     standardise_from(base.set_obs_stats, sim_of(list(variants)), cfg.seed)
     base.to(device)
-    train_ppo(base, SimVectorEnv(old_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.pretrain_steps),
-              cfg.seed, log=Monitor(logger, "base", dict, 1, 0), progress=progress)
-    base.cpu().save(run_dir / "base")
+    if "base" in stages:
+        load_weights(base, run_dir / "base")
+        stages.result("base")
+    else:
+        ppo_stage(stages, "base", partial(Monitor, logger, "base", dict, 1, 0), base, SimVectorEnv(old_sim, ppo.num_envs, device),
+                  dataclasses.replace(ppo, total_steps=family.pretrain_steps), cfg.seed, progress)
+        base.save(run_dir / "base")
+        stages.finish("base")
+    base.cpu()
     veteran_path = Path(opsd.teacher.path) if opsd.teacher.path else run_dir / "veteran"
-    if not opsd.teacher.path:
+    if "veteran" in stages:
+        stages.result("veteran")
+    elif not opsd.teacher.path:
         veteran = copy.deepcopy(base).to(device)
-        train_ppo(veteran, SimVectorEnv(new_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.veteran_steps),
-                  cfg.seed, log=Monitor(logger, "veteran", dict, 1, family.pretrain_steps), progress=progress)
+        ppo_stage(stages, "veteran", partial(Monitor, logger, "veteran", dict, 1, family.pretrain_steps), veteran,
+                  SimVectorEnv(new_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.veteran_steps),
+                  cfg.seed, progress)
         veteran.cpu().save(veteran_path)
+        stages.finish("veteran")
 
     # 3. OPSD of the veteran into the base, in the new variant's dream, with anchors on the old variants.
     teacher = Teacher.checkpoint(veteran_path, device)
     student = copy.deepcopy(base).to(device)
-    frozen_base = copy.deepcopy(base).to(device).requires_grad_(False)
-    anchor_obs = torch.cat([collect_states(frozen_base, single[n], opsd.anchors.states, cfg.seed) for n in old])
-    distill = Distillation(student, student, teacher, opsd, Anchors(student, frozen_base, anchor_obs, opsd.anchors.coef, opsd.anchors.batch), cfg.seed)
+    if "consolidation" in stages:
+        load_weights(student, run_dir / "policy")
+        monitor_state = stages.result("consolidation")
+    else:
+        frozen_base = copy.deepcopy(base).to(device).requires_grad_(False)
+        anchor_obs = torch.cat([collect_states(frozen_base, single[n], opsd.anchors.states, cfg.seed) for n in old])
+        distill = Distillation(student, student, teacher, opsd, Anchors(student, frozen_base, anchor_obs, opsd.anchors.coef, opsd.anchors.batch), cfg.seed)
 
-    def evaluate() -> dict[str, float]:
-        return {f"return_{n}": float(evaluate_in_sim(student, sim, family.eval_episodes, cfg.seed).mean()) for n, sim in single.items()}
+        def evaluate() -> dict[str, float]:
+            return {f"return_{n}": float(evaluate_in_sim(student, sim, family.eval_episodes, cfg.seed).mean()) for n, sim in single.items()}
 
-    monitor = Monitor(logger, "consolidation", evaluate, opsd.eval_every, family.pretrain_steps + family.veteran_steps)
-    train_ppo(student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, log=monitor, progress=progress, auxiliary=distill)
-    student.cpu().save(run_dir / "policy")
+        monitor = ppo_stage(stages, "consolidation",
+                            partial(Monitor, logger, "consolidation", evaluate, opsd.eval_every, family.pretrain_steps + family.veteran_steps),
+                            student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, progress, distill)
+        student.save(run_dir / "policy")
+        monitor_state = monitor.state()
+        stages.finish("consolidation", monitor_state)
+    student.cpu()
 
     returns = {"base": real_returns(base), "veteran": real_returns(teacher.model.cpu()), "consolidated": real_returns(student)}
     vet, ours, before = returns["veteran"], returns["consolidated"], returns["base"]
@@ -325,7 +388,7 @@ def run_veteran(cfg: DictConfig, run_dir: Path, opsd: OPSDConfig, ppo: PPOConfig
     result = {"setting": "veteran", "variants": {n: {"goal": list(g), "cue": c} for n, (g, c) in variants.items()},
               "old_variants": old, "new_variant": new, "real_returns": returns, "kept_of_base": kept,
               "veteran_kept_of_base": {n: vet[n] / max(before[n], 1e-9) for n in old},
-              "claims": claims, "curve": monitor.curve, "last_update": monitor.last_row}
+              "claims": claims, "curve": monitor_state["curve"], "last_update": monitor_state["last_row"]}
     table = Table(title=f"OPSD, veteran -> base: real-env return per variant ({family.eval_episodes} episodes each)")
     table.add_column("policy")
     for name in variants:

@@ -69,3 +69,12 @@ class Teacher:
                 teacher.lerp_(student, 1.0 - self.ema_decay)
         elif self.mode == "sync" and self.steps % self.sync_every == 0:
             self.model.load_state_dict(student_model.state_dict())
+
+    def state_dict(self) -> dict:
+        """The optimizer steps followed, and the weights unless frozen (they moved with the student)."""
+        return {"steps": self.steps, "model": None if self.mode == "frozen" else self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        if state["model"] is not None:
+            self.model.load_state_dict(state["model"])

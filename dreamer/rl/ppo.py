@@ -74,6 +74,11 @@ class AuxiliaryLoss(Protocol):
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. an EMA teacher follows the student)."""
 
+    def state_dict(self) -> dict:
+        """What it needs to go on after a resume (tensors and containers; e.g. an EMA teacher's weights)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class NonFiniteError(FloatingPointError):
     """NaN or inf in training: `where` ("env" or "loss"), a message saying at which step and in what, and
@@ -96,6 +101,7 @@ class PPOCheckpoint:
     optimizer: dict  # state_dict
     torch_rng: Tensor  # torch's CPU generator state
     history: list[dict]
+    auxiliary: dict | None = None  # the auxiliary loss's state_dict
 
 
 @dataclass
@@ -179,6 +185,8 @@ def train_ppo(
         policy.load_state_dict(resume.policy)
         optimizer.load_state_dict(resume.optimizer)
         torch.set_rng_state(resume.torch_rng)
+        if auxiliary is not None:
+            auxiliary.load_state_dict(resume.auxiliary)
         result = PPOResult(resume.env_steps, resume.updates, resume.episodes, resume.episode_return_mean, 0.0,
                            list(resume.history))
     obs, _ = envs.reset(seed=seed + result.updates)
@@ -311,7 +319,7 @@ def train_ppo(
         if checkpoint is not None and (result.updates % config.checkpoint_every == 0 or result.updates == num_updates):
             checkpoint(PPOCheckpoint(result.updates, result.env_steps, result.episodes, result.episode_return_mean,
                                      policy.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
-                                     list(result.history)))
+                                     list(result.history), None if auxiliary is None else auxiliary.state_dict()))
     bar.close()
     return result
 
