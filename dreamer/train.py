@@ -86,7 +86,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         console.print(f"[bold]resuming[/] {run_dir} {stages.where()}")
     else:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    header = {"pipeline": cfg.pipeline, "seed": cfg.seed, "device": str(device)}
+    # a resumed run's wall_seconds and steps/s cover this process only
+    header = {"pipeline": cfg.pipeline, "seed": cfg.seed, "device": str(device), "resumed": stages.where() if resuming else None}
     write_json(run_dir / METRICS, {"status": "running", **header})
     torch.manual_seed(cfg.seed)
     logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)

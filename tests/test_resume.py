@@ -49,7 +49,7 @@ def checkpoint_at(run_dir: Path) -> dict | None:
 def assert_complete(run_dir: Path) -> dict:
     """The resumed run dir holds what an uninterrupted run's holds, nothing lost or twice."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "finished" and metrics["accepted"] is True
+    assert metrics["status"] == "finished" and metrics["accepted"] is True and metrics["resumed"] is not None
     assert metrics["dream_env_steps"] == 2 * 16384 and metrics["real_env_steps"] == sum(ROUNDS)
     session = load_trace(run_dir / "trace.jsonl")
     assert len(session) == sum(ROUNDS) and len(set(session.episode_ids)) == session.num_episodes
@@ -78,7 +78,7 @@ def test_a_run_killed_during_training_resumes_from_its_last_checkpoint(tmp_path)
     said = " ".join(again.stderr.split())  # rich wraps lines
     assert f'resuming {run_dir} in "round 2 PPO" at PPO update' in said
     assert "real steps" not in again.stderr, "nothing recorded again"
-    assert_complete(run_dir)
+    assert assert_complete(run_dir)["resumed"].startswith('in "round 2 PPO" at PPO update')
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def test_default_run_writes_a_complete_run_dir(dream_run):
     run_dir = dream_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= metrics.keys()
-    assert metrics["accepted"] is True and metrics["writer"] == "symbolic"
+    assert metrics["accepted"] is True and metrics["writer"] == "symbolic" and metrics["resumed"] is None
     assert metrics["real_env_steps"] == 1200 and metrics["real_eval_episodes"] == 2
     assert metrics["dream_env_steps"] == 2 * 4096
     assert metrics["fidelity"]["obs_nrmse_mean"] < 0.05
