@@ -25,10 +25,11 @@ import pytest
 
 from dreamer.sandbox import SandboxConfig, SandboxReport, validate, validate_many
 from dreamer.sandbox.isolation import Isolated, run_isolated
+from dreamer.sandbox.validate import WORKER_ARGS
 
 validate_module = importlib.import_module("dreamer.sandbox.validate")  # the package's `validate` is the function
 
-WORKER_CMDLINE = b"\0".join(arg.encode() for arg in (sys.executable, "-m", "dreamer.sandbox.worker")) + b"\0"
+WORKER_CMDLINE = b"\0".join(arg.encode() for arg in (sys.executable, *WORKER_ARGS)) + b"\0"
 TRANSITION_BODY = "    x, x_dot, theta, theta_dot = state.unbind(-1)\n"
 KILLED = "worker was killed from outside the sandbox (signal 9, SIGKILL), not by a check"
 # Small rollouts keep each worker's run near its import cost; the limits stay as configured.
@@ -39,7 +40,7 @@ LIGHT = {"rollout_envs": 8, "rollout_steps": 20, "batch_check_size": 16}
 
 
 def our_workers(cmdline: bytes = WORKER_CMDLINE) -> list[int]:
-    """Live processes running exactly `cmdline` (`python -m dreamer.sandbox.worker`) that descend from
+    """Live processes running exactly `cmdline` (the sandbox worker's) that descend from
     this one (bwrap puts two between), so that other test sessions' sandboxes are never touched."""
     parents, workers = {}, []
     for entry in os.listdir("/proc"):

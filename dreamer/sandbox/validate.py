@@ -28,6 +28,10 @@ from dreamer.sandbox.worker import HELD_OUT_ARRAYS
 from dreamer.sim.contract import space_to_dict
 from dreamer.traces import Trace
 
+# The worker's command line after the interpreter. Not `-m dreamer.sandbox.worker`: this package imports the
+# worker module, and runpy would then run a second copy of it as __main__ (with a RuntimeWarning).
+WORKER_ARGS = ("-c", "from dreamer.sandbox.worker import main; main()")
+
 ATTEMPTS = 2  # worker runs at most: a worker killed from outside the sandbox is retried once
 STATIC_ONLY = "static check only (no process started)"  # the isolation of a report the static check decided
 
@@ -119,7 +123,7 @@ def _run_worker(source: str, held_out: Trace, config: SandboxConfig, name: str) 
             "action_space": space_to_dict(held_out.action_space),
             "config": config.to_dict(),
         }
-        return run_isolated([sys.executable, "-m", "dreamer.sandbox.worker"], json.dumps(request).encode(),
+        return run_isolated([sys.executable, *WORKER_ARGS], json.dumps(request).encode(),
                             Path(workdir), config)
 
 

@@ -1,4 +1,4 @@
-"""The sandbox worker: `python -m dreamer.sandbox.worker`, started by `dreamer.sandbox.validate`.
+"""The sandbox worker: `main()` in a subprocess started by `dreamer.sandbox.validate` (`WORKER_ARGS`).
 
 Reads one JSON request from stdin:
 
@@ -472,7 +472,3 @@ def main() -> None:
     result = run_suite(request)
     with os.fdopen(result_fd, "w") as out:
         json.dump(result, out, allow_nan=False)
-
-
-if __name__ == "__main__":
-    main()
