@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -141,11 +142,38 @@ class TraceConfig:
                              "with source=file (one round)")
 
 
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """The `sim` section: what the accepted sim is called."""
+
+    name: str  # the env file is env/<name>.py; registered as gymnasium id dreamer/<name>
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise ValueError(f"name must be a Python identifier (letters, digits, _), got {self.name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggerConfig:
+    """The `logger` section (`dreamer.loggers.make_logger`): history.jsonl always, wandb for kind=wandb."""
+
+    kind: Literal["wandb", "none"]
+    project: str | None
+    mode: Literal["offline", "online", "disabled"] | None  # wandb's mode (offline: no account, no network)
+    init_timeout_s: float | None  # the longest any one wandb call may take (s)
+
+    def __post_init__(self):
+        if self.kind == "wandb" and (self.mode is None or not (self.init_timeout_s or 0) > 0):
+            raise ValueError(f"kind=wandb needs a mode and init_timeout_s > 0, got mode={self.mode!r}, "
+                             f"init_timeout_s={self.init_timeout_s!r}")
+
+
 def check_run_config(cfg: DictConfig, name: Literal["train", "write"]) -> None:
     """The start-up check of `python -m dreamer.<name>`'s config, before any work: values still `???`
-    (`require_set`), the top-level keys (`RUN_KEYS`), `seed`, `device` (`resolve_device`), `eval` and
-    `trace` (`EvalConfig`, `TraceConfig`, `trace_columns`). Raises ValueError naming the key and what it
-    allows. The other sections are checked by the dataclasses their stages build."""
+    (`require_set`), the top-level keys (`RUN_KEYS`), `seed`, `device` (`resolve_device`), `sim`, `eval`,
+    `logger` and `trace` (`SimConfig`, `EvalConfig`, `LoggerConfig`, `TraceConfig`, `trace_columns`).
+    Raises ValueError naming the key and what it allows. The other sections are checked by the dataclasses
+    their stages build."""
     require_set(cfg, f"dreamer.{name}")
     values = to_plain(cfg)
     allowed = RUN_KEYS[name]
@@ -159,8 +187,10 @@ def check_run_config(cfg: DictConfig, name: Literal["train", "write"]) -> None:
         if problem := type_error(values[key], hint, key):
             raise ValueError(problem)
     resolve_device(values["device"])
+    build(SimConfig, values["sim"], "sim")
     if name == "train":
         build(EvalConfig, values["eval"], "eval")
+        build(LoggerConfig, values["logger"], "logger")
     trace = values["trace"]
     build(TraceConfig, trace, "trace", ignore=("columns",) if trace.get("source") != "env" else ())
     if trace["source"] == "file":

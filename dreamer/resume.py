@@ -1,7 +1,7 @@
 """Interrupted runs go on where they stopped: rerunning the same command with the same run dir resumes it.
 
-A run dir's `metrics.json` always says where the run stands (`status`: "running", "failed" or
-"finished"); a finished run is never touched again. Every pipeline is a sequence of named stages
+A run dir's `metrics.json` always says where the run stands (`status`: "running", "failed",
+"interrupted" or "finished"); a finished run is never touched again. Every pipeline is a sequence of named stages
 (`Stages`, kept in `checkpoint.pt`): a finished stage is not run again, and the stage under way goes on
 from its last PPO checkpoint (every `algo.checkpoint_every` updates). On resume, `history.jsonl` is cut
 back to the rows it had at the last checkpoint, so nothing is logged twice.

@@ -93,10 +93,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
     try:
         metrics, table = pipeline(logger, device, stages)
-    except NonFiniteError as error:
-        write_json(run_dir / "nonfinite.json", {"where": error.where, "message": str(error), "details": error.details})
-        write_json(run_dir / METRICS, {"status": "failed", **header, "error": str(error),
-                                       "nonfinite": {"count": 1, "where": error.where, "details": "nonfinite.json"}})
+    except BaseException as error:  # metrics.json says how the run ended (rerunning the command resumes it)
+        ended = {"status": "failed" if isinstance(error, Exception) else "interrupted", **header,
+                 "error": f"{type(error).__name__}: {error}"}
+        if isinstance(error, NonFiniteError):
+            write_json(run_dir / "nonfinite.json", {"where": error.where, "message": str(error), "details": error.details})
+            ended["nonfinite"] = {"count": 1, "where": error.where, "details": "nonfinite.json"}
+        write_json(run_dir / METRICS, ended)
         logger.finish()
         raise
     metrics.update(status="finished", **header, wall_seconds=time.perf_counter() - start)

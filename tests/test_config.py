@@ -98,6 +98,10 @@ def test_impossible_values_are_refused_with_the_key(overrides, message):
     ("train", ["eval.env_id=5"], "eval.env_id=5 is not a str or null"),
     ("train", ["trace.source=stream"], "trace.source='stream' is not one of ['env', 'file']"),
     ("train", ["trace.steps_per_round=[1000,2.5]"], "trace.steps_per_round=[1000, 2.5] is not a list of int or null"),
+    ("train", ["logger.kind=wandbb"], "logger.kind='wandbb' is not one of ['wandb', 'none']"),
+    ("train", ["logger.mode=offlne"], "logger.mode='offlne' is not one of ['offline', 'online', 'disabled'] or null"),
+    ("train", ["logger.init_timeout_s=soon"], "logger.init_timeout_s='soon' is not a float or null"),
+    ("write", [*WRITE, "sim.name=7"], "sim.name=7 is not a str"),
     ("write", [*WRITE, "trace.held_out_fraction=most"], "trace.held_out_fraction='most' is not a float"),
     ("write", [*WRITE, "trace.columns.obs_columns=[1,2]"], "trace.columns.obs_columns=[1, 2] is not a list of str or null"),
 ])
@@ -128,6 +132,9 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_allowed_type(name, over
     ("train", ["trace.steps_per_round=[1000,-5]"], "trace: steps_per_round must be a non-empty list of positive ints"),
     ("train", ["trace.env_id=null"], "trace: env_id must name a Gymnasium env for source=env, got None"),
     ("train", ["trace.path=session.jsonl"], "trace: path is read for source=file only (trace=file)"),
+    ("train", ["sim.name=../outside"], "sim: name must be a Python identifier (letters, digits, _), got '../outside'"),
+    ("write", [*WRITE, "sim.name=my-sim"], "sim: name must be a Python identifier (letters, digits, _), got 'my-sim'"),
+    ("train", ["logger=wandb", "logger.init_timeout_s=0"], "logger: kind=wandb needs a mode and init_timeout_s > 0"),
     ("train", ["+experiment=from_trace", *WRITE, "trace.steps_per_round=[500]"], "trace: steps_per_round applies to source=env only"),
     ("write", ["trace.path=session.jsonl", "trace.columns.reward_column=r"], "trace.columns maps the columns of"),
 ])
@@ -189,9 +196,14 @@ def test_values_are_checked_against_the_annotation(value, hint, problem):
     assert type_error(value, hint, "k") == problem
 
 
-def test_an_impossible_sandbox_value_stops_the_run_before_any_work(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    (["sandbox.workers=0", "logger=none"], "sandbox.workers must be at least 1, got 0"),
+    (["logger.kind=wandbb"], "logger.kind='wandbb' is not one of"),
+    (["sim.name=../outside"], "sim: name must be a Python identifier"),
+])
+def test_an_impossible_value_stops_the_run_before_any_work(tmp_path, overrides, message):
     from dreamer.train import run
 
-    with pytest.raises(ValueError, match=r"sandbox.workers must be at least 1, got 0"):
-        run(compose_config("train", ["sandbox.workers=0", "logger=none"]), tmp_path / "run")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(compose_config("train", overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()

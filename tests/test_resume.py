@@ -183,6 +183,25 @@ def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
     assert "Bad numbers stopped the run (in the env)" in shown and "[0.1, 0.0, 0.0, 0.0]" in shown
 
 
+@pytest.mark.parametrize("error, status", [(RuntimeError("the writer's server went away"), "failed"),
+                                           (KeyboardInterrupt(), "interrupted")])
+def test_a_run_that_stops_on_an_error_says_so_and_resumes(tmp_path, monkeypatch, error, status):
+    from dreamer import train
+
+    def stopping(*args, **kwargs):
+        raise error
+
+    cfg = compose_config("train", [*ARGS, "trace.steps_per_round=[300]"])
+    monkeypatch.setattr(train, "train_ppo", stopping)
+    with pytest.raises(type(error)):
+        train.run(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == status and metrics["error"].startswith(type(error).__name__)
+    monkeypatch.undo()
+    resumed = train.run(cfg, tmp_path / "run")
+    assert resumed["status"] == "finished" and resumed["resumed"] == 'after "round 1 write"'
+
+
 def test_a_folder_that_holds_other_files_is_never_written_into(tmp_path):
     from dreamer import train
 

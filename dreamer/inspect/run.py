@@ -57,7 +57,8 @@ class Run:
 
     @cached_property
     def metrics(self) -> dict | None:
-        """metrics.json: `status` "running", "failed" or "finished", and once finished every figure (None: no run yet)."""
+        """metrics.json: `status` "running", "failed", "interrupted" or "finished", and once finished every figure
+        (None: no run yet)."""
         path = self.path / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
