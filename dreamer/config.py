@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from dreamer.loggers import LoggerConfig
 from dreamer.traces.storage import TABLES
 from dreamer.traces.table import TableColumns
 
@@ -151,21 +152,6 @@ class SimConfig:
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
             raise ValueError(f"name must be a Python identifier (letters, digits, _), got {self.name!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoggerConfig:
-    """The `logger` section (`dreamer.loggers.make_logger`): history.jsonl always, wandb for kind=wandb."""
-
-    kind: Literal["wandb", "none"]
-    project: str | None
-    mode: Literal["offline", "online", "disabled"] | None  # wandb's mode (offline: no account, no network)
-    init_timeout_s: float | None  # the longest any one wandb call may take (s)
-
-    def __post_init__(self):
-        if self.kind == "wandb" and (self.mode is None or not (self.init_timeout_s or 0) > 0):
-            raise ValueError(f"kind=wandb needs a mode and init_timeout_s > 0, got mode={self.mode!r}, "
-                             f"init_timeout_s={self.init_timeout_s!r}")
 
 
 def check_run_config(cfg: DictConfig, name: Literal["train", "write"]) -> None:

@@ -16,8 +16,9 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from dreamer.artifacts import finite_or_none, write_text
 
@@ -115,12 +116,28 @@ class Loggers:
                               f"run; {FALLBACK}", stacklevel=3)
 
 
-def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str, init_timeout_s: float) -> Loggers:
-    """The run's history file, plus wandb for `kind` "wandb" (one that cannot start is reported and left out)."""
-    if kind not in ("wandb", "none"):
-        raise ValueError(f"logger.kind must be 'wandb' or 'none', got {kind!r}")
+@dataclass(frozen=True)
+class LoggerConfig:
+    """The `logger` section: history.jsonl always, wandb for kind=wandb."""
+
+    kind: Literal["wandb", "none"]
+    project: str | None
+    mode: Literal["offline", "online", "disabled"] | None  # wandb's mode (offline: no account, no network)
+    init_timeout_s: float | None  # the longest any one wandb call may take (s)
+
+    def __post_init__(self):
+        if self.kind not in ("wandb", "none"):
+            raise ValueError(f"kind must be 'wandb' or 'none', got {self.kind!r}")
+        if self.kind == "wandb" and (self.mode is None or not (self.init_timeout_s or 0) > 0):
+            raise ValueError(f"kind=wandb needs a mode and init_timeout_s > 0, got mode={self.mode!r}, "
+                             f"init_timeout_s={self.init_timeout_s!r}")
+
+
+def make_logger(config: LoggerConfig, run_dir: Path, run_config: dict) -> Loggers:
+    """The run's history file, plus wandb for kind "wandb" (one that cannot start is reported and left out);
+    wandb gets `run_config` as the run's config."""
     history = HistoryLogger(Path(run_dir) / HISTORY)
-    if kind == "none":
+    if config.kind == "none":
         return Loggers(history)
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
@@ -128,11 +145,12 @@ def make_logger(kind: str, run_dir: Path, config: dict, project: str, mode: str,
 
         id_path = Path(run_dir) / WANDB_ID
         run_id = id_path.read_text().strip() if id_path.is_file() else uuid.uuid4().hex[:12]
-        settings = wandb.Settings(init_timeout=init_timeout_s, console="off", silent=True)
-        run = _bounded(lambda: wandb.init(project=project, mode=mode, dir=str(run_dir), config=config, id=run_id,
-                                         resume="allow", settings=settings), init_timeout_s)
+        timeout_s = config.init_timeout_s
+        settings = wandb.Settings(init_timeout=timeout_s, console="off", silent=True)
+        run = _bounded(lambda: wandb.init(project=config.project, mode=config.mode, dir=str(run_dir), config=run_config,
+                                         id=run_id, resume="allow", settings=settings), timeout_s)
         write_text(id_path, run_id)  # a resumed run logs to the same wandb run
     except Exception as error:  # wandb must never stop the run
         warnings.warn(f"wandb could not start ({_describe(error)}); {FALLBACK}", stacklevel=2)
         return Loggers(history)
-    return Loggers(history, WandbLogger(run, init_timeout_s))
+    return Loggers(history, WandbLogger(run, config.init_timeout_s))

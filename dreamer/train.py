@@ -30,7 +30,7 @@ from rich.table import Table
 
 from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, check_run_config, resolve_device, to_plain, trace_columns
-from dreamer.loggers import Logger, make_logger
+from dreamer.loggers import Logger, LoggerConfig, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
 from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
@@ -90,7 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     header = {"pipeline": cfg.pipeline, "seed": cfg.seed, "device": str(device), "resumed": stages.where() if resuming else None}
     write_json(run_dir / METRICS, {"status": "running", **header})
     torch.manual_seed(cfg.seed)
-    logger = make_logger(cfg.logger.kind, run_dir, to_plain(cfg), cfg.logger.project, cfg.logger.mode, cfg.logger.init_timeout_s)
+    logger = make_logger(build(LoggerConfig, cfg.logger, "logger"), run_dir, to_plain(cfg))
     try:
         metrics, table = pipeline(logger, device, stages)
     except BaseException as error:  # metrics.json says how the run ended (rerunning the command resumes it)

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import wandb
 
-from dreamer.loggers import HISTORY, WANDB_ID, WandbLogger, make_logger
+from dreamer.loggers import HISTORY, WANDB_ID, LoggerConfig, WandbLogger, make_logger
 
 TIMEOUT_S = 0.5  # each wandb call's bound in the fault tests
 BOUND_S = 5  # what a run may take past a fault, generously
@@ -59,23 +59,23 @@ NAMED = {"broken pipe": r"BrokenPipeError: service gone", "wandb error": r"Error
 
 
 def wandb_logger(run, run_dir, monkeypatch):
-    """`make_logger("wandb", ...)` whose `wandb.init` answers `run`."""
+    """`make_logger` for wandb whose `wandb.init` answers `run`."""
     monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
-    logger = make_logger("wandb", run_dir, {}, "dreamer-test", "offline", TIMEOUT_S)
+    logger = make_logger(LoggerConfig("wandb", "dreamer-test", "offline", TIMEOUT_S), run_dir, {})
     assert [type(other) for other in logger.others] == [WandbLogger]
     return logger
 
 
 def test_offline_wandb_writes_its_run_under_the_run_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    logger = make_logger("wandb", tmp_path, {"seed": 0}, "dreamer-test", "offline", 30)
+    logger = make_logger(LoggerConfig("wandb", "dreamer-test", "offline", 30), tmp_path, {"seed": 0})
     assert [type(other) for other in logger.others] == [WandbLogger]
     logger.log({"return": 1.0, "unmeasured": None}, step=1)
     logger.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert steps(tmp_path) == [1]
     run_id = (tmp_path / WANDB_ID).read_text()
-    resumed = make_logger("wandb", tmp_path, {"seed": 0}, "dreamer-test", "offline", 30)  # a resumed run
+    resumed = make_logger(LoggerConfig("wandb", "dreamer-test", "offline", 30), tmp_path, {"seed": 0})  # a resumed run
     assert resumed.others[0].run.id == run_id
     resumed.finish()
 
@@ -83,7 +83,7 @@ def test_offline_wandb_writes_its_run_under_the_run_dir(tmp_path, monkeypatch):
 def test_without_wandb_installed_the_run_keeps_its_history_file(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ModuleNotFoundError
     with pytest.warns(UserWarning, match=r"wandb could not start \(ModuleNotFoundError: import of wandb halted"):
-        logger = make_logger("wandb", tmp_path, {}, "dreamer-test", "offline", 30)
+        logger = make_logger(LoggerConfig("wandb", "dreamer-test", "offline", 30), tmp_path, {})
     assert logger.others == []
     logger.log({"return": 1.0}, step=1)
     logger.finish()
@@ -94,7 +94,7 @@ def test_without_wandb_installed_the_run_keeps_its_history_file(tmp_path, monkey
                                                   ("bad/project", "offline", "Invalid project name")])
 def test_a_misconfigured_wandb_falls_back_to_the_history_file(tmp_path, project, mode, named):
     with pytest.warns(UserWarning, match=rf"(?s)wandb could not start \(.*{named}"):
-        logger = make_logger("wandb", tmp_path, {}, project, mode, 5)
+        logger = make_logger(LoggerConfig("wandb", project, mode, 5), tmp_path, {})
     assert logger.others == []
 
 
@@ -102,7 +102,7 @@ def test_a_hanging_wandb_init_is_given_up_at_its_timeout(tmp_path, monkeypatch, 
     monkeypatch.setattr(wandb, "init", faults["hang"])
     start = time.perf_counter()
     with pytest.warns(UserWarning, match=rf"wandb could not start \({NAMED['hang']}\)"):
-        logger = make_logger("wandb", tmp_path, {}, "dreamer-test", "offline", TIMEOUT_S)
+        logger = make_logger(LoggerConfig("wandb", "dreamer-test", "offline", TIMEOUT_S), tmp_path, {})
     assert time.perf_counter() - start < BOUND_S
     assert logger.others == []
 
@@ -139,7 +139,7 @@ def test_a_wandb_finish_that_fails_still_ends_the_run(tmp_path, monkeypatch, fau
 def test_wandb_calls_left_hanging_do_not_keep_the_process_alive(tmp_path):
     script = textwrap.dedent("""
         import sys, threading, types
-        from dreamer.loggers import make_logger
+        from dreamer.loggers import LoggerConfig, make_logger
 
         class Run:
             def log(self, row, step): pass
@@ -147,9 +147,9 @@ def test_wandb_calls_left_hanging_do_not_keep_the_process_alive(tmp_path):
 
         hang = lambda **kwargs: threading.Event().wait()
         wandb = sys.modules["wandb"] = types.SimpleNamespace(Settings=dict, init=hang)
-        make_logger("wandb", sys.argv[1], {}, "p", "offline", 0.2)  # init hangs
+        make_logger(LoggerConfig("wandb", "p", "offline", 0.2), sys.argv[1], {})  # init hangs
         wandb.init = lambda **kwargs: Run()
-        logger = make_logger("wandb", sys.argv[1], {}, "p", "offline", 0.2)
+        logger = make_logger(LoggerConfig("wandb", "p", "offline", 0.2), sys.argv[1], {})
         logger.log({"return": 1.0}, step=1)
         logger.finish()  # finish hangs
     """)
@@ -161,7 +161,7 @@ def test_wandb_calls_left_hanging_do_not_keep_the_process_alive(tmp_path):
 
 
 def test_every_row_reaches_the_history_file_as_it_is_logged(tmp_path):
-    logger = make_logger("none", tmp_path, {}, None, None, None)
+    logger = make_logger(LoggerConfig("none", None, None, None), tmp_path, {})
     logger.log({"dream/return": 1.5, "loss": float("nan")}, step=10)
     rows = [json.loads(line) for line in (tmp_path / HISTORY).read_text().splitlines()]  # before finish()
     assert rows == [{"step": 10, "dream/return": 1.5, "loss": None}]
@@ -170,6 +170,6 @@ def test_every_row_reaches_the_history_file_as_it_is_logged(tmp_path):
     assert steps(tmp_path) == [10, 20]
 
 
-def test_unknown_logger_kind_is_named(tmp_path):
-    with pytest.raises(ValueError, match="logger.kind must be 'wandb' or 'none', got 'tensorboard'"):
-        make_logger("tensorboard", tmp_path, {}, "p", "offline", 5)
+def test_unknown_logger_kind_is_named():
+    with pytest.raises(ValueError, match="kind must be 'wandb' or 'none', got 'tensorboard'"):
+        LoggerConfig("tensorboard", "p", "offline", 5)
