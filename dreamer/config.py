@@ -111,10 +111,15 @@ class EvalConfig:
     env_id: str | None   # the real env the policy is evaluated in (None: no evaluation)
     episodes: int
     seed: int            # episode i is reset with seed + i
+    dream_episodes: int  # episodes in the last round's sim, for the pick among rounds and the dream return
+    max_gap: float       # flag dream - real > max_gap x (dream - random), both in the last round's sim
 
     def __post_init__(self):
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be a positive int, got {self.episodes}")
+        for key in ("episodes", "dream_episodes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)}")
+        if not self.max_gap >= 0:
+            raise ValueError(f"max_gap must be a number >= 0, got {self.max_gap}")
 
 
 @dataclasses.dataclass(frozen=True)

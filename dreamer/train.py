@@ -14,8 +14,10 @@ policy is evaluated in the real env. The run dir holds `trace.jsonl`, the write 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -29,19 +31,81 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamer.artifacts import write_json, write_text
-from dreamer.config import build, check_run_config, resolve_device, to_plain, trace_columns
+from dreamer.config import EvalConfig, build, check_run_config, resolve_device, to_plain, trace_columns
 from dreamer.loggers import Logger, LoggerConfig, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
 from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, NonFiniteError, PPOConfig, evaluate_policy, train_ppo
+from dreamer.rl import MLPPolicy, MLPPolicyConfig, NonFiniteError, PPOConfig, evaluate_in_sim, evaluate_policy, train_ppo
 from dreamer.sandbox import SandboxConfig, load_sim
-from dreamer.sim import SimVectorEnv
-from dreamer.traces import TableColumns, TraceRecorder, load_trace, record_steps, save_trace
+from dreamer.sim import FuncSim, SimVectorEnv
+from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
 from dreamer.writers.stage import read_split, read_written
 
 console = Console(stderr=True)
+
+
+class NoTaskSignal(ValueError):
+    """The session holds nothing a sim could teach the task from: one reward throughout, and no episode that ended
+    inside the task."""
+
+
+def check_task_signal(session: Trace, source: str) -> None:
+    """Stop before writing a sim from a session whose reward never changed and that no episode ended in: a sim
+    faithful to it would teach nothing about the task, and PPO in it would train on a wrong task."""
+    if session.terminated.any() or np.ptp(session.reward) > 0:
+        return
+    raise NoTaskSignal(
+        f"the session of {source} ({len(session):,} steps, {len(session.episode_ids)} episodes) shows one reward "
+        f"({float(session.reward[0]):g}) at every step and no episode that terminated: the goal never happened in it, "
+        "so no sim written from it can teach the task, and none was trained on. Record a longer session "
+        "(trace.steps_per_round), or bring one that reaches the goal (+experiment=from_trace trace.path=...)")
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The policy the run keeps: of each round's trained policy, the best in the last round's sim."""
+
+    round: int                  # 1-based
+    dream_returns: list[float]  # each round's policy, mean over eval.dream_episodes deterministic episodes
+    random_return: float        # uniformly random actions, the same episodes
+
+    @property
+    def dream_return(self) -> float:
+        return self.dream_returns[self.round - 1]
+
+
+def pick_policy(policy: MLPPolicy, round_policies: list[dict], sim: FuncSim, eval_config: EvalConfig) -> Pick:
+    """Load into `policy` the round's policy with the best return in `sim` (the latest of equals): the pick
+    looks at the dream only, never at the real env it is then scored in."""
+    episodes, seed = eval_config.dream_episodes, eval_config.seed
+    returns = []
+    for state in round_policies:
+        policy.load_state_dict(state)
+        returns.append(float(evaluate_in_sim(policy, sim, episodes, seed).mean()))
+    best = max(range(len(returns)), key=lambda r: (returns[r], r))
+    policy.load_state_dict(round_policies[best])
+    random = float(evaluate_in_sim(None, sim, episodes, seed, device=next(policy.parameters()).device).mean())
+    return Pick(best + 1, returns, random)
+
+
+def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: float) -> dict:
+    """The metrics that compare the kept policy's return in the dream with its return in the real env.
+
+    `dream_real_gap_fraction` = (dream - real) / (dream - random): the share of what the policy gained over
+    random play in the dream that the real env did not give back (None where the dream shows no gain)."""
+    if pick is None:
+        return {"picked_round": None, "dream_return_mean": None, "dream_returns_by_round": None,
+                "random_return_dream": None, "dream_real_gap": None, "dream_real_gap_fraction": None, "large_gap": None}
+    gap = fraction = None
+    if real_returns is not None:
+        gap = pick.dream_return - float(real_returns.mean())
+        gain = pick.dream_return - pick.random_return
+        fraction = gap / gain if gain > 0 else None
+    return {"picked_round": pick.round, "dream_return_mean": pick.dream_return, "dream_returns_by_round": pick.dream_returns,
+            "random_return_dream": pick.random_return, "dream_real_gap": gap, "dream_real_gap_fraction": fraction,
+            "large_gap": None if fraction is None else fraction > max_gap}
 
 
 def summary_table(metrics: dict) -> Table:
@@ -57,6 +121,21 @@ def summary_table(metrics: dict) -> Table:
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
          else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
     ]
+    if metrics["picked_round"] is not None:
+        rounds = metrics["dream_returns_by_round"]
+        rows += [
+            ("policy kept", f"round {metrics['picked_round']} of {len(rounds)} (best in the last sim: "
+                            + ", ".join(f"{r:.1f}" for r in rounds) + ")"),
+            ("dream return (last sim)", f"{metrics['dream_return_mean']:.1f} (random: {metrics['random_return_dream']:.1f})"),
+        ]
+    if metrics["dream_real_gap"] is not None:
+        fraction = metrics["dream_real_gap_fraction"]
+        gap = f"{metrics['dream_real_gap']:+.1f}"
+        if fraction is not None:
+            gap += f" ({fraction:.0%} of the gain over random)"
+        if metrics["large_gap"]:
+            gap = f"[bold red]{gap}: LARGE, the policy may exploit the sim[/]"
+        rows.append(("dream - real return", gap))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -122,12 +201,13 @@ def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device, Sta
                          f"opsd.teacher.path=RUN_DIR (got kind={opsd.teacher.kind!r}, path={opsd.teacher.path!r}); "
                          "self_context teachers run in +experiment=opsd_self_context")
     columns = trace_columns(cfg.trace) if cfg.trace.source == "file" else None
-    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd, columns)
+    eval_config = build(EvalConfig, cfg.eval, "eval")
+    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd, columns, eval_config)
 
 
 def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: SandboxConfig, ppo_config: PPOConfig,
-              policy_config: MLPPolicyConfig, opsd: OPSDConfig, columns: TableColumns | None, logger: Logger,
-              device: torch.device, stages: Stages) -> tuple[dict, Table]:
+              policy_config: MLPPolicyConfig, opsd: OPSDConfig, columns: TableColumns | None, eval_config: EvalConfig,
+              logger: Logger, device: torch.device, stages: Stages) -> tuple[dict, Table]:
     teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
     if cfg.trace.source == "env":
         rounds = list(cfg.trace.steps_per_round)
@@ -139,6 +219,7 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         rounds = [None]
 
     policy: MLPPolicy | None = None
+    round_policies: list[dict] = []  # each round's trained policy (state dict), for the pick at the end
     dream_steps, sps, written, last_update = 0, 0.0, None, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
@@ -147,10 +228,10 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         write_stage, ppo_stage = f"round {r + 1} write", f"round {r + 1} PPO"
         if ppo_stage in stages:  # the round ended before an interruption
             written = read_written(round_dir, cfg.sim.name)
-            if policy is None:
-                policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
+            policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
             trained = stages.result(ppo_stage)
             policy.load_state_dict(trained["policy"])
+            round_policies.append(trained["policy"])
             dream_steps += trained["env_steps"]
             sps, last_update = trained["steps_per_second"], trained["last_update"]
             continue
@@ -162,6 +243,7 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
                 behaviour = None if policy is None else partial(policy.act, deterministic=False)
                 session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
+        check_task_signal(session, cfg.trace.env_id or cfg.trace.path)
         if write_stage in stages:
             stages.result(write_stage)
             (train_trace, held_out), written = read_split(round_dir, session), read_written(round_dir, cfg.sim.name)
@@ -175,10 +257,11 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         if not written.report.accepted:
             break
         sim = load_sim(round_dir / f"{cfg.sim.name}.py")
-        if policy is None:
-            policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
-            stats = train_trace.summary()
-            policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std))
+        # A fresh policy in every round: one carried over keeps what the earlier, poorer dream taught it and
+        # PPO does not unlearn it (benchmarks/dream_diagnosis.py); the earlier policy only gathered this round's data.
+        policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
+        stats = train_trace.summary()
+        policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std), stats.num_transitions)
         envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
         before, progress = dream_steps, stages.progress(ppo_stage)
@@ -191,20 +274,23 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         sps, last_update = result.steps_per_second, result.history[-1]
         stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
                                   "steps_per_second": sps, "last_update": last_update})
+        round_policies.append(copy.deepcopy(policy.state_dict()))  # the pick loads others into this module
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
 
     if cfg.trace.source == "env":
         recorder.close()
         session = load_trace(run_dir / "trace.jsonl")
-    returns, teacher_returns, report = None, None, written.report
+    returns, teacher_returns, report, pick = None, None, written.report, None
     if report.accepted:
+        pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{cfg.sim.name}.py"), eval_config)
         policy.cpu().save(run_dir / "policy")
-        if cfg.eval.env_id:
-            returns = evaluate_policy(policy, gymnasium.make(cfg.eval.env_id), cfg.eval.episodes, cfg.eval.seed)
+        if eval_config.env_id:
+            returns = evaluate_policy(policy, gymnasium.make(eval_config.env_id), eval_config.episodes, eval_config.seed)
             logger.log({"real/return_mean": float(returns.mean())}, dream_steps)
             if teacher is not None:
-                teacher_returns = evaluate_policy(teacher.model.cpu(), gymnasium.make(cfg.eval.env_id), cfg.eval.episodes, cfg.eval.seed)
+                teacher_returns = evaluate_policy(teacher.model.cpu(), gymnasium.make(eval_config.env_id),
+                                                  eval_config.episodes, eval_config.seed)
     metrics = {
         "accepted": report.accepted,
         "reasons": report.reasons,
@@ -217,8 +303,9 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         "real_return_mean": None if returns is None else float(returns.mean()),
         "real_return_std": None if returns is None else float(returns.std()),
         "real_eval_episodes": 0 if returns is None else len(returns),
-        "real_eval_env": cfg.eval.env_id,
+        "real_eval_env": eval_config.env_id,
         "fidelity": report.fidelity,
+        **dream_vs_real(pick, returns, eval_config.max_gap),
     }
     if teacher is not None:
         metrics["opsd"] = {
@@ -238,7 +325,10 @@ PIPELINES = {
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except NoTaskSignal as error:
+        raise SystemExit(f"stopped: {error}") from None
     if not metrics.get("accepted", True):
         raise SystemExit("the sandbox rejected the written sim: " + "; ".join(metrics["reasons"]))
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import gymnasium
 import numpy as np
 import pytest
@@ -99,3 +101,30 @@ def test_resuming_from_a_checkpoint_continues_the_counters_and_the_weights(cartp
     untouched = train_ppo(MLPPolicy(sim.observation_space, sim.action_space, POLICY), SimVectorEnv(sim, 16),
                           config, seed=0, progress=False, resume=saved[-1])
     assert untouched.history == full.history, "resuming a finished training runs no update"
+
+
+def test_running_obs_statistics_equal_those_of_every_observation_merged():
+    env = gymnasium.make("CartPole-v1")
+    policy = MLPPolicy(env.observation_space, env.action_space, POLICY)
+    first, later = torch.randn(100, 4) * 0.05, torch.randn(3, 4096, 4) * torch.tensor([2.0, 1.5, 0.1, 0.5]) + 1.0
+    policy.set_obs_stats(first.mean(0).numpy(), first.std(0, unbiased=False).numpy(), count=100)
+    for batch in later:
+        policy.update_obs_stats(batch)
+    every = torch.cat([first, *later])
+    torch.testing.assert_close(policy.obs_mean, every.mean(0))
+    torch.testing.assert_close(policy.obs_std, every.std(0, unbiased=False))
+    assert float(policy.obs_count) == len(every)
+
+
+def test_ppo_obs_statistics_follow_the_states_the_policy_visits(cartpole_source):
+    """Statistics frozen from a short random session left a later, better policy blind past 10 std
+    (a cart at 2.4 was 33 std out): with `update_obs_stats` they cover the rollouts."""
+    torch.manual_seed(0)
+    sim = FuncSim.from_source(cartpole_source)
+    policy = MLPPolicy(sim.observation_space, sim.action_space, POLICY)
+    policy.set_obs_stats(np.zeros(4), np.full(4, 0.01), count=100)  # far too narrow, as a random session's are
+    config = ppo_config(num_envs=64, num_steps=16, total_steps=64 * 16 * 3)
+    train_ppo(policy, SimVectorEnv(sim, 64), dataclasses.replace(config, update_obs_stats=False), seed=0, progress=False)
+    assert torch.all(policy.obs_std == 0.01)
+    train_ppo(policy, SimVectorEnv(sim, 64), config, seed=0, progress=False)
+    assert float(policy.obs_count) == 100 + 3 * 64 * 16 and torch.all(policy.obs_std > 0.02)

@@ -52,6 +52,22 @@ def test_default_run_writes_a_complete_run_dir(dream_run):
 
 
 @pytest.mark.slow
+def test_the_default_run_balances_the_real_cartpole(tmp_path):
+    """`python -m dreamer.train` as a new user runs it (seed 0, 5,000 real steps): its policy scored 185 before
+    the obs statistics followed the rollouts, each round's policy started fresh, one-sided bounds were read as
+    two-sided and the value clip went."""
+    run_dir = tmp_path / "run"
+    done = train("logger=none", "algo.progress=false", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["real_env_steps"] == 5000
+    assert metrics["real_return_mean"] >= 475
+    assert metrics["dream_return_mean"] >= 475 and metrics["large_gap"] is False
+    assert metrics["picked_round"] == 2 and len(metrics["dream_returns_by_round"]) == 2
+    assert "dream - real return" in done.stderr and "LARGE" not in done.stderr
+
+
+@pytest.mark.slow
 def test_from_trace_trains_without_a_live_env(tmp_path):
     import gymnasium
 

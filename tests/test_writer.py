@@ -1,3 +1,5 @@
+import dataclasses
+
 import gymnasium
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from dreamer.sandbox import check_source
 from dreamer.sim import FuncSim
 from dreamer.traces import Trace, collect_trace
 from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
-from dreamer.writers.symbolic import Coordinates
+from dreamer.writers.symbolic import Coordinates, fit_termination
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +80,33 @@ def test_a_reward_on_the_cosine_of_a_coordinate_reads_that_coordinate(writer):
     state = torch.as_tensor(obs[:8])
     reward = sim.reward(state, torch.zeros(8, dtype=torch.long), state, torch.Generator())
     np.testing.assert_allclose(reward.numpy(), np.cos(obs[:8, 0]), atol=1e-4)
+
+
+def terminates(expression: str, states: np.ndarray) -> np.ndarray:
+    """Evaluate a `fit_termination` expression on (N, 2) states (coordinates x0, x1)."""
+    x = torch.as_tensor(states)
+    names = {"torch": torch, "state": x, "x0": x[:, 0], "x1": x[:, 1], "abs_x0": x[:, 0].abs(), "abs_x1": x[:, 1].abs()}
+    return eval(expression, names).numpy()  # noqa: S307 (our own writer's output)
+
+
+@pytest.mark.parametrize("seen_side", [1.0, -1.0])
+def test_a_bound_the_session_met_on_one_side_holds_on_the_other(writer, seen_side):
+    """A session whose cart only ever left on one side cannot tell |x| > 2.4 from x > 2.4; the sim written from
+    it keeps the bound on the side it never saw (a one-sided sim was exploited by running off the other side)."""
+    rng = np.random.default_rng(0)
+    states = np.stack([seen_side * rng.uniform(-0.5, 2.5, 4000), rng.uniform(-0.25, 0.25, 4000)], axis=1)
+    terminated = (np.abs(states[:, 0]) > 2.4) | (np.abs(states[:, 1]) > 0.21)
+    unseen = np.array([[-seen_side * 2.6, 0.0], [-seen_side * 1.0, 0.0], [-seen_side * 1.0, 0.3]])
+    for seed in range(8):  # the tree breaks ties between equal splits at random
+        expression = fit_termination(Coordinates(2, ()), states, terminated, dataclasses.replace(writer.config, seed=seed))
+        np.testing.assert_array_equal(terminates(expression, unseen), [True, False, True], err_msg=expression)
+
+
+def test_a_one_sided_goal_stays_one_sided(writer):
+    """Where the magnitudes cannot explain the terminal states (a goal at x >= 0.5, the left hill open), the
+    tree uses the signed coordinate."""
+    rng = np.random.default_rng(0)
+    states = np.stack([rng.uniform(-1.2, 0.6, 4000), rng.uniform(-0.07, 0.07, 4000)], axis=1)
+    expression = fit_termination(Coordinates(2, ()), states, states[:, 0] >= 0.5, writer.config)
+    np.testing.assert_array_equal(terminates(expression, np.array([[0.55, 0.0], [-0.9, 0.0], [-0.55, 0.0]])),
+                                  [True, False, False])

@@ -24,24 +24,31 @@ def evaluate_policy(policy, env: gymnasium.Env, episodes: int, seed: int) -> np.
 
 
 @torch.no_grad()
-def evaluate_in_sim(policy: nn.Module, sim: FuncSim, episodes: int, seed: int, deterministic: bool = True) -> np.ndarray:
+def evaluate_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed: int, deterministic: bool = True,
+                    device: str | torch.device | None = None) -> np.ndarray:
     """(episodes,) undiscounted returns of the first episode of each of `episodes` copies of `sim`, run as one batch.
 
     `policy` has the PPO protocol (`policy(obs) -> (distribution, values)`); deterministic acting takes the
-    mode (Categorical) or the mean (Normal) of its distribution.
+    mode (Categorical) or the mean (Normal) of its distribution. `policy=None` acts uniformly at random
+    (seeded by `seed`), on `device` (default: the policy's, else the CPU).
     """
-    device = next(policy.parameters()).device
+    device = device if device is not None else next(policy.parameters()).device if policy is not None else "cpu"
     envs = SimVectorEnv(sim, episodes, device=device)
     obs, _ = envs.reset(seed=seed)
+    envs.action_space.seed(seed)
     returns = torch.zeros(episodes, device=device)
     running = torch.ones(episodes, dtype=torch.bool, device=device)
     while running.any():
-        dist, _ = policy(obs)
-        if not deterministic:
-            action = dist.sample()
+        if policy is None:
+            action = envs.action_space.sample()
         else:
-            action = dist.probs.argmax(-1) if isinstance(dist, torch.distributions.Categorical) else dist.mean
-        obs, reward, terminated, truncated, _ = envs.step(policy.env_action(action))
+            dist, _ = policy(obs)
+            if not deterministic:
+                action = dist.sample()
+            else:
+                action = dist.probs.argmax(-1) if isinstance(dist, torch.distributions.Categorical) else dist.mean
+            action = policy.env_action(action)
+        obs, reward, terminated, truncated, _ = envs.step(action)
         returns += reward * running
         running &= ~(terminated | truncated)
     return returns.cpu().numpy()

@@ -51,9 +51,11 @@ def mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:
 
 
 class MLPPolicy(nn.Module):
-    """Separate actor and critic MLPs over observations standardised with fixed statistics.
+    """Separate actor and critic MLPs over standardised observations.
 
-    `obs_mean`/`obs_std` (O,) are set once (from the session trace) and saved with the weights.
+    `obs_mean`/`obs_std` (O,) start from `set_obs_stats` (the session trace) and, when PPO runs with
+    `update_obs_stats`, follow every rollout's observations (`update_obs_stats`); `obs_count` is how many
+    observations they summarise. All three are saved with the weights.
     """
 
     def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, config: MLPPolicyConfig):
@@ -66,14 +68,30 @@ class MLPPolicy(nn.Module):
         self.critic = mlp([obs_dim, *config.hidden_sizes, 1], config.activation, out_gain=1.0)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.register_buffer("obs_count", torch.zeros((), dtype=torch.float64))
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((act_dim,), config.initial_log_std))
             self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
 
-    def set_obs_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+    def set_obs_stats(self, mean: np.ndarray, std: np.ndarray, count: int = 1) -> None:
+        """(O,) mean and std of `count` observations."""
         self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.obs_std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+        self.obs_count.fill_(count)
+
+    @torch.no_grad()
+    def update_obs_stats(self, obs: torch.Tensor) -> None:
+        """Merge a (B, O) batch of observations into the statistics (the parallel mean/variance update of
+        Chan et al., as in Gymnasium's `NormalizeObservation`), so they cover the states the policy now visits."""
+        batch = obs.reshape(-1, self.obs_mean.numel()).double()
+        n, total = batch.shape[0], self.obs_count + batch.shape[0]
+        mean, var = self.obs_mean.double(), self.obs_std.double() ** 2
+        delta = batch.mean(0) - mean
+        m2 = var * self.obs_count + batch.var(0, unbiased=False) * n + delta**2 * self.obs_count * n / total
+        self.obs_mean.copy_(mean + delta * n / total)
+        self.obs_std.copy_((m2 / total).sqrt().clamp_min(1e-6))
+        self.obs_count.copy_(total)
 
     def normalise(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.clamp((obs - self.obs_mean) / self.obs_std, -10.0, 10.0)

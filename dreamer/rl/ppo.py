@@ -50,6 +50,7 @@ class PPOConfig:
     target_kl: float | None   # stop an update's epochs early past this approx KL (None: never)
     norm_adv: bool
     reward_scale: float       # rewards are multiplied by this for learning (returns are logged unscaled)
+    update_obs_stats: bool    # after each update, merge the rollout's obs into the policy's obs statistics
     checkpoint_every: int     # updates between the checkpoints a run resumes from
 
     def __post_init__(self):
@@ -166,6 +167,9 @@ def train_ppo(
     minibatch_size = batch_size // config.num_minibatches
     num_updates = max(1, config.total_steps // batch_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+    if config.update_obs_stats and not hasattr(policy, "update_obs_stats"):
+        raise ValueError(f"algo.update_obs_stats=true needs a policy with running obs statistics; "
+                         f"{type(policy).__name__} has none (set algo.update_obs_stats=false)")
 
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_shape = envs.single_action_space.shape
@@ -288,6 +292,8 @@ def train_ppo(
                     auxiliary.after_step()
             if config.target_kl is not None and approx_kl > config.target_kl:
                 break
+        if config.update_obs_stats:  # after the epochs, so that every forward pass of this update saw the rollout's statistics
+            policy.update_obs_stats(b_obs)
 
         # Bookkeeping: one host sync per update.
         count = int(finished_count.item())

@@ -11,7 +11,8 @@ What it fits, on the trace's transitions, assuming nothing about which environme
   trigonometric one only when needed), its terms then refitted on every row; rows where the env
   clipped an observation to its bound are left out, and the sim clips to the same bounds;
 - reward: the same regression on the state before the step and the action;
-- termination: a shallow decision tree on the next state's coordinates and their magnitudes;
+- termination: a shallow decision tree on the next state's coordinate magnitudes, or on the signed
+  coordinates too where the magnitudes cannot tell the terminal states apart;
 - initial states: uniform over the box the episode starts span, per coordinate;
 - horizon: the trace's `max_episode_steps`, else the longest truncated episode, else the default.
 
@@ -303,9 +304,14 @@ def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.nd
         return "torch.ones(state.shape[0], dtype=torch.bool, device=state.device)"
     q = coords.from_obs(next_obs)
     names = [name for name, _ in coords.layout]
-    X = np.concatenate([q, np.abs(q)], axis=1)
-    feature_names = names + [f"abs_{n}" for n in names]
-    tree = DecisionTreeClassifier(max_depth=config.termination_max_depth, random_state=config.seed).fit(X, terminated)
+    magnitudes, signed = np.abs(q), np.concatenate([np.abs(q), q], axis=1)
+    trees = [DecisionTreeClassifier(max_depth=config.termination_max_depth, random_state=config.seed).fit(X, terminated)
+             for X in (magnitudes, signed)]
+    # Symmetric bounds first: a session that met a bound on one side only (a cart leaving right, never left)
+    # cannot tell |x| > b from x > b, and the magnitude tree keeps the bound on the side it never saw.
+    symmetric = trees[0].score(magnitudes, terminated) >= trees[1].score(signed, terminated)
+    tree = trees[0] if symmetric else trees[1]
+    feature_names = [f"abs_{n}" for n in names] + ([] if symmetric else names)
     t = tree.tree_
     leaves = []
 
