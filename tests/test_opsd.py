@@ -36,7 +36,8 @@ def opsd_config(**overrides) -> OPSDConfig:
 
 def ppo_config(**overrides) -> PPOConfig:
     values = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
-    return build(PPOConfig, {**values, "anneal_lr": False, **overrides}, "algo", ignore=("name", "progress"))
+    values.update(anneal_lr=False, update_obs_stats=False)  # as the OPSD experiments set them
+    return build(PPOConfig, {**values, **overrides}, "algo", ignore=("name", "progress"))
 
 
 def tiny_sequence_policy(context_dims: int = 2, seed: int = 0) -> SequencePolicy:
