@@ -232,3 +232,37 @@ def test_opsd_self_context_runs_a_local_pretrained_lm_through_the_text_codec(tmp
     student = load_policy(run_dir / "seed_0" / "opsd")
     assert student.config.codec == "text" and (run_dir / "seed_0" / "opsd" / "model" / "config.json").is_file()
     assert student.act([0.1, -0.2]) in range(5)
+
+
+def test_a_session_that_never_shows_the_goal_stops_before_any_sim_is_written(tmp_path):
+    import gymnasium
+
+    session = collect_trace(gymnasium.make("Acrobot-v1"), 600, seed=0)  # reward -1 throughout, nothing terminates
+    assert not session.terminated.any() and len(set(session.reward.tolist())) == 1
+    path = save_trace(session, tmp_path / "acrobot.jsonl")
+    run_dir = tmp_path / "run"
+    done = train("+experiment=from_trace", f"trace.path={path}", *TINY, f"hydra.run.dir={run_dir}")
+    assert done.returncode != 0
+    assert "stopped: the session of" in done.stderr and "shows one reward (-1) at every step" in done.stderr
+    assert not (run_dir / "env").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"].startswith("NoTaskSignal")
+
+
+def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
+    import numpy as np
+
+    from dreamer.train import Pick, dream_vs_real, summary_table
+    from rich.console import Console
+
+    pick = Pick(round=2, dream_returns=[150.0, 500.0], random_return=20.0)
+    honest, exploited = dream_vs_real(pick, np.array([490.0]), 0.25), dream_vs_real(pick, np.array([150.0]), 0.25)
+    assert honest["dream_real_gap"] == 10.0 and honest["dream_real_gap_fraction"] == 10 / 480 and not honest["large_gap"]
+    assert exploited["dream_real_gap_fraction"] == 350 / 480 and exploited["large_gap"]
+    assert dream_vs_real(Pick(1, [-1000.0], -900.0), np.array([-1200.0]), 0.25)["dream_real_gap_fraction"] is None
+    base = {"accepted": True, "real_env_steps": 5000, "dream_env_steps": 1, "dream_steps_per_second": 1.0,
+            "fidelity": {}, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20}
+    console = Console(width=200, record=True)
+    console.print(summary_table({**base, **exploited}))
+    text = console.export_text()
+    assert "round 2 of 2" in text and "+350.0 (73% of the gain over random): LARGE" in text
