@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from dreamer.loggers import LoggerConfig
+from dreamer.rl.explore import NoveltyConfig
 from dreamer.traces.storage import TABLES
 from dreamer.traces.table import TableColumns
 
@@ -131,6 +132,7 @@ class TraceConfig:
     path: str | None                  # file: the trace file
     steps_per_round: list[int] | None  # env: real steps recorded in each round
     held_out_fraction: float          # share of episodes held out for the sandbox's fidelity report
+    explore: NoveltyConfig | None     # env: a round whose session shows no task signal trains an explorer for the next
 
     def __post_init__(self):
         if not 0 < self.held_out_fraction < 1:

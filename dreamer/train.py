@@ -25,6 +25,7 @@ import gymnasium
 import hydra
 import numpy as np
 import torch
+from gymnasium import spaces
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -36,7 +37,8 @@ from dreamer.loggers import Logger, LoggerConfig, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
 from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
-from dreamer.rl import MLPPolicy, MLPPolicyConfig, NonFiniteError, PPOConfig, evaluate_in_sim, evaluate_policy, train_ppo
+from dreamer.rl import (MLPPolicy, MLPPolicyConfig, NonFiniteError, NoveltyConfig, PPOConfig, evaluate_in_sim, evaluate_policy,
+                        novelty_sim, train_ppo)
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import FuncSim, SimVectorEnv
 from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
@@ -51,16 +53,22 @@ class NoTaskSignal(ValueError):
     inside the task."""
 
 
-def check_task_signal(session: Trace, source: str) -> None:
-    """Stop before writing a sim from a session whose reward never changed and that no episode ended in: a sim
-    faithful to it would teach nothing about the task, and PPO in it would train on a wrong task."""
-    if session.terminated.any() or np.ptp(session.reward) > 0:
-        return
-    raise NoTaskSignal(
-        f"the session of {source} ({len(session):,} steps, {len(session.episode_ids)} episodes) shows one reward "
-        f"({float(session.reward[0]):g}) at every step and no episode that terminated: the goal never happened in it, "
-        "so no sim written from it can teach the task, and none was trained on. Record a longer session "
-        "(trace.steps_per_round), or bring one that reaches the goal (+experiment=from_trace trace.path=...)")
+def missing_task_signal(session: Trace) -> str | None:
+    """What the session lacks for a sim to teach the task from it, or None: a session in which no episode
+    terminated and whose reward the action alone explains (a constant, or an action cost) never showed the goal."""
+    if session.terminated.any():
+        return None
+    if isinstance(session.action_space, spaces.Discrete):
+        features = np.eye(int(session.action_space.n))[session.action]
+    else:
+        action = session.action.reshape(len(session), -1).astype(np.float64)
+        features = np.concatenate([np.ones((len(session), 1)), action, action**2], axis=1)
+    reward = session.reward.astype(np.float64)
+    residual = reward - features @ np.linalg.lstsq(features, reward, rcond=None)[0]
+    if residual.var() > 1e-6 * max(reward.var(), 1e-12):
+        return None
+    what = f"one reward ({float(reward[0]):g}) at every step" if np.ptp(reward) == 0 else "a reward the action alone explains"
+    return f"{what} and no episode that terminated"
 
 
 @dataclass(frozen=True)
@@ -231,7 +239,8 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
             policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
             trained = stages.result(ppo_stage)
             policy.load_state_dict(trained["policy"])
-            round_policies.append(trained["policy"])
+            if not trained["explorer"]:
+                round_policies.append(trained["policy"])
             dream_steps += trained["env_steps"]
             sps, last_update = trained["steps_per_second"], trained["last_update"]
             continue
@@ -243,7 +252,14 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
                 behaviour = None if policy is None else partial(policy.act, deterministic=False)
                 session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
-        check_task_signal(session, cfg.trace.env_id or cfg.trace.path)
+        missing = missing_task_signal(session)
+        explore = missing is not None and r < len(rounds) - 1 and cfg.trace.explore is not None
+        if missing is not None and not explore:
+            raise NoTaskSignal(
+                f"the session of {cfg.trace.env_id or cfg.trace.path} ({len(session):,} steps, {session.num_episodes} "
+                f"episodes) shows {missing}: the goal never happened in it, so no sim written from it can teach the task, "
+                "and none was trained on. Record a longer session (trace.steps_per_round), or bring one that reaches "
+                "the goal (+experiment=from_trace trace.path=...)")
         if write_stage in stages:
             stages.result(write_stage)
             (train_trace, held_out), written = read_split(round_dir, session), read_written(round_dir, cfg.sim.name)
@@ -262,6 +278,9 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
         stats = train_trace.summary()
         policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std), stats.num_transitions)
+        if explore:  # this round's policy is the next round's explorer
+            console.print(f"  the session shows {missing}: training an explorer in the dream, rewarded for novelty")
+            sim = novelty_sim(sim, train_trace.next_obs, build(NoveltyConfig, cfg.trace.explore, "trace.explore"), cfg.seed + r)
         envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
         before, progress = dream_steps, stages.progress(ppo_stage)
@@ -273,10 +292,12 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         dream_steps += result.env_steps
         sps, last_update = result.steps_per_second, result.history[-1]
         stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
-                                  "steps_per_second": sps, "last_update": last_update})
-        round_policies.append(copy.deepcopy(policy.state_dict()))  # the pick loads others into this module
+                                  "steps_per_second": sps, "last_update": last_update, "explorer": explore})
+        if not explore:
+            round_policies.append(copy.deepcopy(policy.state_dict()))  # the pick loads others into this module
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
-        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, dream return {dream_return}")
+        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, "
+                      f"{'novelty' if explore else 'dream'} return {dream_return}")
 
     if cfg.trace.source == "env":
         recorder.close()

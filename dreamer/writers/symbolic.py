@@ -10,7 +10,8 @@ What it fits, on the trace's transitions, assuming nothing about which environme
   held-back episodes is within `selection_tolerance` of the best (the polynomial library first, the
   trigonometric one only when needed), its terms then refitted on every row; rows where the env
   clipped an observation to its bound are left out, and the sim clips to the same bounds;
-- reward: the same regression on the state before the step and the action;
+- reward: the same regression on the state before the step, the action and (where the trace has terminal
+  steps) whether the step ended the episode;
 - termination: a shallow decision tree on the next state's coordinate magnitudes, or on the signed
   coordinates too where the magnitudes cannot tell the terminal states apart;
 - initial states: uniform over the box the episode starts span, per coordinate;
@@ -356,24 +357,31 @@ class SymbolicWriter:
         q = coords.from_obs(trace.obs)
         rows = training_rows(trace, cfg.validation_fraction, cfg.seed)
 
-        def libraries(degree: int) -> list[Callable[[], Library]]:
-            """Polynomial, then trigonometric; each built once, on first use."""
-            return [
-                functools.cache(lambda trig=trig: Library.build(
-                    "trigonometric" if trig else "polynomial",
-                    base_features(coords, q, trace.action, trace.action_space, trig=trig),
-                    degree,
-                ))
-                for trig in (False, True)
-            ]
-
         change = coords.change(trace.obs, trace.next_obs)
         inside = unsaturated(trace.next_obs, trace.observation_space)
-        dynamics_libraries = libraries(cfg.degree)
+        dynamics_libraries = libraries(coords, q, trace, cfg.degree)
         dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg, inside) for d in range(change.shape[1])]
-        reward = fit_sparse(libraries(cfg.reward_degree), trace.reward.astype(np.float64), rows, cfg)
+        reward = fit_sparse(libraries(coords, q, trace, cfg.reward_degree, ended(trace)), trace.reward.astype(np.float64), rows, cfg)
         terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg)
         return render_source(trace, coords, dynamics, reward, terminal, cfg)
+
+
+def libraries(coords: Coordinates, q: np.ndarray, trace: Trace, degree: int,
+              extra: list[Feature] | None = None) -> list[Callable[[], Library]]:
+    """Polynomial, then trigonometric, over the (N, D) coordinates `q`, the action and `extra`; each built
+    once, on first use."""
+    return [functools.cache(lambda trig=trig: Library.build(
+                "trigonometric" if trig else "polynomial",
+                base_features(coords, q, trace.action, trace.action_space, trig=trig) + (extra or []), degree))
+            for trig in (False, True)]
+
+
+def ended(trace: Trace) -> list[Feature]:
+    """Whether the step ended the episode, as a reward feature (a goal's bonus is paid there); none for a trace
+    without terminal steps."""
+    if not trace.terminated.any():
+        return []
+    return [Feature("done", "terminal(next_state, rng).float()", trace.terminated.astype(np.float64), indicator=True)]
 
 
 def max_episode_steps(trace: Trace, default: int) -> int:
@@ -443,7 +451,7 @@ def render_source(
 
 Coordinates {", ".join(names)}{angles}.
 Dynamics: each coordinate's one-step change, by sparse regression (STLSQ) over candidate terms.
-Reward: the same regression on the state before the step and the action.
+Reward: the same regression on the state before the step, the action and (`done`) whether the step ended the episode.
 Termination: a decision tree on the next state's coordinates and their magnitudes.
 """
 '''
