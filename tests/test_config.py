@@ -148,7 +148,7 @@ TRAIN_KEYS = "['algo', 'device', 'eval', 'family', 'logger', 'opsd', 'pipeline',
 @pytest.mark.parametrize("name, overrides, message", [
     ("train", ["+seeed=1"], f"unknown config key(s) ['seeed']; allowed keys: {TRAIN_KEYS}"),
     ("train", ["+eval.episode=3"], "unknown config key(s) ['eval.episode']; allowed keys: ['dream_episodes', 'env_id', 'episodes', 'max_gap', 'seed']"),
-    ("train", ["+trace.steps=100"], "unknown config key(s) ['trace.steps']; allowed keys: ['env_id', 'held_out_fraction', 'path',"),
+    ("train", ["+trace.steps=100"], "unknown config key(s) ['trace.steps']; allowed keys: ['env_id', 'explore', 'held_out_fraction', 'path',"),
     ("train", ["+trace.columns.reward_column=r"], "unknown config key(s) ['trace.columns']"),
     ("train", ["+opsd.teacher.decay=0.5"], "unknown config key(s) ['opsd.teacher.decay']; allowed keys: ['ema_decay',"),
     ("write", [*WRITE, "+algo.num_envs=8"], "unknown config key(s) ['algo']; allowed keys: ['device', 'sandbox', 'seed', 'sim', 'trace', 'writer']"),
