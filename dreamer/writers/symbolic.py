@@ -9,7 +9,8 @@ What it fits, on the trace's transitions, assuming nothing about which environme
   thresholded least squares (pysindy's STLSQ): per coordinate, the sparsest equation whose error on
   held-back episodes is within `selection_tolerance` of the best (the polynomial library first, the
   trigonometric one only when needed), its terms then refitted on every row; rows where the env
-  clipped an observation to its bound are left out, and the sim clips to the same bounds;
+  clipped an observation to its bound are left out, and the sim clips to the same bounds; where a
+  coordinate met a bound and another always took one value then (a velocity stopped at a wall), so does the sim;
 - reward: the same regression on the state before the step, the action and (where the trace has terminal
   steps) whether the step ended the episode;
 - termination: a shallow decision tree on the next state's coordinate magnitudes, or on the signed
@@ -52,12 +53,13 @@ class SymbolicWriterConfig:
     target_nrmse: float               # ... or with error <= this validation NRMSE
     validation_fraction: float        # share of the trace's episodes held back to pick a threshold
     termination_max_depth: int        # depth of the termination tree
+    wall_min_rows: int                # steps at a bound that make a wall rule (`wall_rules`)
     angle_tolerance: float            # max |cos² + sin² - 1| for a pair to count as an angle
     default_max_episode_steps: int    # horizon when the trace does not tell
     seed: int
 
     def __post_init__(self):
-        for key, low in (("degree", 0), ("reward_degree", 0), ("termination_max_depth", 1),
+        for key, low in (("degree", 0), ("reward_degree", 0), ("termination_max_depth", 1), ("wall_min_rows", 1),
                          ("default_max_episode_steps", 1)):
             if getattr(self, key) < low:
                 raise ValueError(f"{key} must be an int >= {low}, got {getattr(self, key)}")
@@ -223,6 +225,26 @@ def unsaturated(next_obs: np.ndarray, space: spaces.Box) -> np.ndarray:
     return ~(at_low | at_high).any(axis=1)
 
 
+def wall_rules(coords: Coordinates, next_obs: np.ndarray, space: spaces.Box, min_rows: int) -> list[str]:
+    """Lines for `transition`: where the session's next state met a finite bound of a plain coordinate in at least
+    `min_rows` steps, and another plain coordinate took one value in all of them (a velocity stopped at a wall),
+    the sim sets that value there too. The regression left those steps out (`unsaturated`)."""
+    plain = [(name, idx[0]) for name, idx in coords.layout if len(idx) == 1]
+    lines = []
+    for name, i in plain:
+        for side, bound, test in (("LOW", space.low[i], "<="), ("HIGH", space.high[i], ">=")):
+            at = np.isfinite(bound) & np.isclose(next_obs[:, i], bound, rtol=0.0, atol=1e-6)
+            if at.sum() < min_rows:
+                continue
+            for other, k in plain:
+                values = next_obs[at, k]
+                if other != name and np.ptp(values) <= 1e-9:
+                    lines.append(f"    {other} = torch.where({name} {test} OBSERVATION_{side}[{i}], "
+                                 f"torch.full_like({other}, {format_float(float(values[0]))}), {other})"
+                                 f"  # {other} was {format_float(float(values[0]))} in all {int(at.sum())} steps that met that bound")
+    return lines
+
+
 def fit_sparse(
     libraries: list[Callable[[], Library]],
     y: np.ndarray,
@@ -363,7 +385,8 @@ class SymbolicWriter:
         dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg, inside) for d in range(change.shape[1])]
         reward = fit_sparse(libraries(coords, q, trace, cfg.reward_degree, ended(trace)), trace.reward.astype(np.float64), rows, cfg)
         terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg)
-        return render_source(trace, coords, dynamics, reward, terminal, cfg)
+        walls = wall_rules(coords, trace.next_obs, trace.observation_space, cfg.wall_min_rows)
+        return render_source(trace, coords, dynamics, walls, reward, terminal, cfg)
 
 
 def libraries(coords: Coordinates, q: np.ndarray, trace: Trace, degree: int,
@@ -417,6 +440,7 @@ def render_source(
     trace: Trace,
     coords: Coordinates,
     dynamics: list[SparseFit],
+    walls: list[str],
     reward: SparseFit,
     terminal: str,
     cfg: SymbolicWriterConfig,
@@ -485,6 +509,7 @@ Termination: a decision tree on the next state's coordinates and their magnitude
         *unpack,
         *helper_lines(dynamics),
         *equations,
+        *walls,
         f"    return to_observation({', '.join(names)})",
         "",
         "",
