@@ -75,27 +75,27 @@ def missing_task_signal(session: Trace) -> str | None:
 class Pick:
     """The policy the run keeps: of each round's trained policy, the best in the last round's sim."""
 
-    round: int                  # 1-based
-    dream_returns: list[float]  # each round's policy, mean over eval.dream_episodes deterministic episodes
-    random_return: float        # uniformly random actions, the same episodes
+    round: int                         # 1-based
+    dream_returns: dict[int, float]    # round -> its policy's mean over eval.dream_episodes deterministic episodes
+    random_return: float               # uniformly random actions, the same episodes
 
     @property
     def dream_return(self) -> float:
-        return self.dream_returns[self.round - 1]
+        return self.dream_returns[self.round]
 
 
-def pick_policy(policy: MLPPolicy, round_policies: list[dict], sim: FuncSim, eval_config: EvalConfig) -> Pick:
-    """Load into `policy` the round's policy with the best return in `sim` (the latest of equals): the pick
-    looks at the dream only, never at the real env it is then scored in."""
+def pick_policy(policy: MLPPolicy, round_policies: dict[int, dict], sim: FuncSim, eval_config: EvalConfig) -> Pick:
+    """Load into `policy` the round's policy (round -> state dict) with the best return in `sim` (the latest of
+    equals): the pick looks at the dream only, never at the real env it is then scored in."""
     episodes, seed = eval_config.dream_episodes, eval_config.seed
-    returns = []
-    for state in round_policies:
+    returns = {}
+    for r, state in round_policies.items():
         policy.load_state_dict(state)
-        returns.append(float(evaluate_in_sim(policy, sim, episodes, seed).mean()))
-    best = max(range(len(returns)), key=lambda r: (returns[r], r))
+        returns[r] = float(evaluate_in_sim(policy, sim, episodes, seed).mean())
+    best = max(returns, key=lambda r: (returns[r], r))
     policy.load_state_dict(round_policies[best])
     random = float(evaluate_in_sim(None, sim, episodes, seed, device=next(policy.parameters()).device).mean())
-    return Pick(best + 1, returns, random)
+    return Pick(best, returns, random)
 
 
 def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: float) -> dict:
@@ -132,8 +132,8 @@ def summary_table(metrics: dict) -> Table:
     if metrics["picked_round"] is not None:
         rounds = metrics["dream_returns_by_round"]
         rows += [
-            ("policy kept", f"round {metrics['picked_round']} of {len(rounds)} (best in the last sim: "
-                            + ", ".join(f"{r:.1f}" for r in rounds) + ")"),
+            ("policy kept", f"round {metrics['picked_round']} (best in the last sim: "
+                            + ", ".join(f"round {r} {ret:.1f}" for r, ret in rounds.items()) + ")"),
             ("dream return (last sim)", f"{metrics['dream_return_mean']:.1f} (random: {metrics['random_return_dream']:.1f})"),
         ]
     if metrics["dream_real_gap"] is not None:
@@ -227,7 +227,8 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         rounds = [None]
 
     policy: MLPPolicy | None = None
-    round_policies: list[dict] = []  # each round's trained policy (state dict), for the pick at the end
+    round_policies: dict[int, dict] = {}  # round -> its trained task policy (state dict), for the pick at the end
+    explorer = False  # the policy of the round before is an explorer
     dream_steps, sps, written, last_update = 0, 0.0, None, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
@@ -239,8 +240,9 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
             policy = MLPPolicy(session.observation_space, session.action_space, policy_config).to(device)
             trained = stages.result(ppo_stage)
             policy.load_state_dict(trained["policy"])
-            if not trained["explorer"]:
-                round_policies.append(trained["policy"])
+            explorer = trained["explorer"]
+            if not explorer:
+                round_policies[r + 1] = trained["policy"]
             dream_steps += trained["env_steps"]
             sps, last_update = trained["steps_per_second"], trained["last_update"]
             continue
@@ -248,7 +250,7 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
             missing = sum(rounds[:r + 1]) - (0 if session is None else len(session))
             if missing > 0:
                 console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {missing:,} real steps in {cfg.trace.env_id}"
-                              f" acting {'at random' if policy is None else 'with the dream policy'}")
+                              f" acting {'at random' if policy is None else 'with the explorer' if explorer else 'with the dream policy'}")
                 behaviour = None if policy is None else partial(policy.act, deterministic=False)
                 session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
@@ -293,8 +295,9 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         sps, last_update = result.steps_per_second, result.history[-1]
         stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
                                   "steps_per_second": sps, "last_update": last_update, "explorer": explore})
+        explorer = explore
         if not explore:
-            round_policies.append(copy.deepcopy(policy.state_dict()))  # the pick loads others into this module
+            round_policies[r + 1] = copy.deepcopy(policy.state_dict())  # the pick loads others into this module
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, "
                       f"{'novelty' if explore else 'dream'} return {dream_return}")
