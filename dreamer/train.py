@@ -353,8 +353,13 @@ def main(cfg: DictConfig) -> None:
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except NoTaskSignal as error:
         raise SystemExit(f"stopped: {error}") from None
-    if not metrics.get("accepted", True):
-        raise SystemExit("the sandbox rejected the written sim: " + "; ".join(metrics["reasons"]))
+    if not metrics.get("accepted", True):  # no policy was trained in a sim that the held-out session refutes
+        nrmse = (metrics["fidelity"] or {}).get("obs_nrmse")
+        worst = "" if not nrmse else f" (held-out one-step NRMSE per obs dim: {', '.join(f'{v:.3g}' for v in nrmse)})"
+        raise SystemExit(f"the sandbox rejected the written sim{worst}: " + "; ".join(metrics["reasons"])
+                         + f". No policy was trained. What can help: a longer session (trace.steps_per_round), a richer "
+                         f"library (writer.degree), or another writer (writer=llm); python -m dreamer.inspect "
+                         f"{Path(HydraConfig.get().runtime.output_dir)} shows the fit")
 
 
 if __name__ == "__main__":
