@@ -272,8 +272,12 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
             logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity or {}).items()
                         if isinstance(v, int | float)}, dream_steps)
             stages.finish(write_stage)
-        if not written.report.accepted:
-            break
+        if not written.report.accepted:  # never train in a sim the held-out session refutes
+            if r == len(rounds) - 1:
+                break
+            console.print(f"  no PPO in round {r + 1}: its sim was rejected; round {r + 2} records more of the session "
+                          f"for the writer, acting as round {r + 1} did")
+            continue
         sim = load_sim(round_dir / f"{cfg.sim.name}.py")
         # A fresh policy in every round: one carried over keeps what the earlier, poorer dream taught it and
         # PPO does not unlearn it (benchmarks/dream_diagnosis.py); the earlier policy only gathered this round's data.

@@ -410,3 +410,12 @@ def test_files_outside_the_workdir(level, config, tmp_path):
     else:  # honesty: the fallback does not hide the filesystem, and says so
         assert "filesystem NOT isolated" in run.isolation
         assert seen["secret"] == "sk-secret-value"
+
+
+def test_source_that_nests_past_the_recursion_limit_is_refused_not_crashed_on():
+    """A symbolic fit of thousands of terms (or a hostile file) once crashed the checker with RecursionError."""
+    from dreamer.sandbox import check_source
+
+    deep = "def f(x):\n    return " + " + ".join(["x"] * 3000) + "\n"
+    [violation] = check_source(deep, "deep.py")
+    assert "nests too deeply" in violation.message

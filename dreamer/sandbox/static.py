@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -87,14 +88,20 @@ def check_source(source: str, filename: str) -> list[Violation]:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as error:
         return [Violation(error.lineno or 0, (error.offset or 1) - 1, f"syntax error: {error.msg}")]
+    except (RecursionError, MemoryError):
+        return [Violation(0, 0, "the source nests too deeply to parse (an expression of thousands of terms?)")]
     checker = _Checker(tree)
     # Module aliases may be bound after their use (`F = torch.nn.functional` below a def): repeat
     # until the alias table is stable, so every chain is checked against all bindings.
-    for _ in range(MAX_ALIAS_PASSES):
-        known = dict(checker.aliases)
-        checker.check_module(tree)
-        if checker.aliases == known:
-            break
+    try:
+        for _ in range(MAX_ALIAS_PASSES):
+            known = dict(checker.aliases)
+            checker.check_module(tree)
+            if checker.aliases == known:
+                break
+    except RecursionError:  # unchecked code is never run
+        return [Violation(0, 0, f"the source nests too deeply to check (an expression deeper than Python's "
+                                f"recursion limit of {sys.getrecursionlimit()}): split it into statements")]
     return sorted(set(checker.violations), key=lambda v: (v.line, v.col, v.message))
 
 
