@@ -19,6 +19,7 @@ and 1,000 seeded resets). Prints a table and writes a JSON under benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def main() -> None:
 
     def policy(carried: bool, fresh_critic: bool = False) -> MLPPolicy:
         model = MLPPolicy(session.observation_space, session.action_space, policy_config)
-        fresh = model.critic.state_dict()
+        fresh = copy.deepcopy(model.critic.state_dict())  # (state_dict shares the tensors load_state_dict fills)
         if carried:
             model.load_state_dict(previous)
             if fresh_critic:
