@@ -94,6 +94,7 @@ def test_inspect_cli_summarises_a_finished_training_run(dream_run, capsys):
         assert section in out, section
     metrics = json.loads((dream_run / "metrics.json").read_text())
     assert f"{metrics['real_return_mean']:.4g}" in out
+    assert "dream return of the kept policy" in out and "dream - real return" in out
 
 
 def test_inspect_cli_names_a_folder_that_is_not_a_run(tmp_path, capsys):

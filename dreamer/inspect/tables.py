@@ -113,9 +113,17 @@ def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
     table = Table(title="Real vs dream returns", show_header=False)
     real = metrics.get("real_return_mean")
     table.add_row("dream return (last PPO update)", _number(dream[-1]) if dream else "—")
+    if metrics.get("dream_return_mean") is not None:
+        table.add_row(f"dream return of the kept policy (round {metrics['picked_round']}, last sim)",
+                      f"{metrics['dream_return_mean']:.4g} (random: {metrics['random_return_dream']:.4g})")
     table.add_row("real return", "not evaluated" if real is None else
                   f"{real:.4g} ± {metrics['real_return_std']:.4g} over {metrics['real_eval_episodes']} episodes "
                   f"of {metrics['real_eval_env']}")
+    if metrics.get("dream_real_gap") is not None:
+        fraction = metrics["dream_real_gap_fraction"]
+        table.add_row("dream - real return", f"{metrics['dream_real_gap']:+.4g}"
+                      + ("" if fraction is None else f" ({fraction:.0%} of the gain over random)")
+                      + (": LARGE, the policy may exploit the sim" if metrics["large_gap"] else ""))
     table.add_row("real / dream env steps", f"{metrics.get('real_env_steps', 0):,} / {metrics.get('dream_env_steps', 0):,}")
     return table
 
