@@ -33,6 +33,7 @@ from rich.table import Table
 
 from dreamer.artifacts import write_json, write_text
 from dreamer.config import EvalConfig, build, check_run_config, resolve_device, to_plain, trace_columns
+from dreamer.inspect.tables import gap_text
 from dreamer.loggers import Logger, LoggerConfig, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
@@ -49,8 +50,8 @@ console = Console(stderr=True)
 
 
 class NoTaskSignal(ValueError):
-    """The session holds nothing a sim could teach the task from: one reward throughout, and no episode that ended
-    inside the task."""
+    """The session holds nothing a sim could teach the task from (`missing_task_signal`), and no round is left to
+    explore in."""
 
 
 def missing_task_signal(session: Trace) -> str | None:
@@ -103,17 +104,18 @@ def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: f
 
     `dream_real_gap_fraction` = (dream - real) / (dream - random): the share of what the policy gained over
     random play in the dream that the real env did not give back (None where the dream shows no gain)."""
+    figures = dict.fromkeys(("picked_round", "dream_return_mean", "dream_returns_by_round", "random_return_dream",
+                             "dream_real_gap", "dream_real_gap_fraction", "large_gap"))
     if pick is None:
-        return {"picked_round": None, "dream_return_mean": None, "dream_returns_by_round": None,
-                "random_return_dream": None, "dream_real_gap": None, "dream_real_gap_fraction": None, "large_gap": None}
-    gap = fraction = None
+        return figures
+    figures.update(picked_round=pick.round, dream_return_mean=pick.dream_return, dream_returns_by_round=pick.dream_returns,
+                   random_return_dream=pick.random_return)
     if real_returns is not None:
-        gap = pick.dream_return - float(real_returns.mean())
-        gain = pick.dream_return - pick.random_return
+        gap, gain = pick.dream_return - float(real_returns.mean()), pick.dream_return - pick.random_return
         fraction = gap / gain if gain > 0 else None
-    return {"picked_round": pick.round, "dream_return_mean": pick.dream_return, "dream_returns_by_round": pick.dream_returns,
-            "random_return_dream": pick.random_return, "dream_real_gap": gap, "dream_real_gap_fraction": fraction,
-            "large_gap": None if fraction is None else fraction > max_gap}
+        figures.update(dream_real_gap=gap, dream_real_gap_fraction=fraction,
+                       large_gap=None if fraction is None else fraction > max_gap)
+    return figures
 
 
 def summary_table(metrics: dict) -> Table:
@@ -137,13 +139,7 @@ def summary_table(metrics: dict) -> Table:
             ("dream return (last sim)", f"{metrics['dream_return_mean']:.1f} (random: {metrics['random_return_dream']:.1f})"),
         ]
     if metrics["dream_real_gap"] is not None:
-        fraction = metrics["dream_real_gap_fraction"]
-        gap = f"{metrics['dream_real_gap']:+.1f}"
-        if fraction is not None:
-            gap += f" ({fraction:.0%} of the gain over random)"
-        if metrics["large_gap"]:
-            gap = f"[bold red]{gap}: LARGE, the policy may exploit the sim[/]"
-        rows.append(("dream - real return", gap))
+        rows.append(("dream - real return", f"[bold red]{gap_text(metrics)}[/]" if metrics["large_gap"] else gap_text(metrics)))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -210,12 +206,14 @@ def dream(cfg: DictConfig, run_dir: Path) -> Callable[[Logger, torch.device, Sta
                          "self_context teachers run in +experiment=opsd_self_context")
     columns = trace_columns(cfg.trace) if cfg.trace.source == "file" else None
     eval_config = build(EvalConfig, cfg.eval, "eval")
-    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd, columns, eval_config)
+    novelty = None if cfg.trace.get("explore") is None else build(NoveltyConfig, cfg.trace.explore, "trace.explore")
+    return partial(run_dream, cfg, run_dir, writer, sandbox_config, ppo_config, policy_config, opsd, columns, eval_config,
+                   novelty)
 
 
 def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: SandboxConfig, ppo_config: PPOConfig,
               policy_config: MLPPolicyConfig, opsd: OPSDConfig, columns: TableColumns | None, eval_config: EvalConfig,
-              logger: Logger, device: torch.device, stages: Stages) -> tuple[dict, Table]:
+              novelty: NoveltyConfig | None, logger: Logger, device: torch.device, stages: Stages) -> tuple[dict, Table]:
     teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
     if cfg.trace.source == "env":
         rounds = list(cfg.trace.steps_per_round)
@@ -254,12 +252,12 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
                 behaviour = None if policy is None else partial(policy.act, deterministic=False)
                 session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
-        missing = missing_task_signal(session)
-        explore = missing is not None and r < len(rounds) - 1 and cfg.trace.explore is not None
-        if missing is not None and not explore:
+        lacking = missing_task_signal(session)
+        explore = lacking is not None and r < len(rounds) - 1 and novelty is not None
+        if lacking is not None and not explore:
             raise NoTaskSignal(
                 f"the session of {cfg.trace.env_id or cfg.trace.path} ({len(session):,} steps, {session.num_episodes} "
-                f"episodes) shows {missing}: the goal never happened in it, so no sim written from it can teach the task, "
+                f"episodes) shows {lacking}: the goal never happened in it, so no sim written from it can teach the task, "
                 "and none was trained on. Record a longer session (trace.steps_per_round), or bring one that reaches "
                 "the goal (+experiment=from_trace trace.path=...)")
         if write_stage in stages:
@@ -285,8 +283,8 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         stats = train_trace.summary()
         policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std), stats.num_transitions)
         if explore:  # this round's policy is the next round's explorer
-            console.print(f"  the session shows {missing}: training an explorer in the dream, rewarded for novelty")
-            sim = novelty_sim(sim, train_trace.next_obs, build(NoveltyConfig, cfg.trace.explore, "trace.explore"), cfg.seed + r)
+            console.print(f"  the session shows {lacking}: training an explorer in the dream, rewarded for novelty")
+            sim = novelty_sim(sim, train_trace.next_obs, novelty, cfg.seed + r)
         envs = SimVectorEnv(sim, ppo_config.num_envs, device=device)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
         before, progress = dream_steps, stages.progress(ppo_stage)

@@ -107,6 +107,14 @@ def curves_table(history: Sequence[dict], keys: Sequence[str], points: int = 6) 
     return table
 
 
+def gap_text(metrics: dict) -> str:
+    """A dream run's dream-minus-real return, its share of the gain over random play, and the warning when large
+    (`metrics.json`'s `dream_real_gap`, `dream_real_gap_fraction`, `large_gap`)."""
+    fraction = metrics["dream_real_gap_fraction"]
+    text = f"{metrics['dream_real_gap']:+.1f}" + ("" if fraction is None else f" ({fraction:.0%} of the gain over random)")
+    return text + (": LARGE, the policy may exploit the sim" if metrics["large_gap"] else "")
+
+
 def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
     """The dream loop's returns: in the dream (last PPO update) and in the real env."""
     dream = [row["dream/episode_return_mean"] for row in history if row.get("dream/episode_return_mean") is not None]
@@ -120,10 +128,7 @@ def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
                   f"{real:.4g} ± {metrics['real_return_std']:.4g} over {metrics['real_eval_episodes']} episodes "
                   f"of {metrics['real_eval_env']}")
     if metrics.get("dream_real_gap") is not None:
-        fraction = metrics["dream_real_gap_fraction"]
-        table.add_row("dream - real return", f"{metrics['dream_real_gap']:+.4g}"
-                      + ("" if fraction is None else f" ({fraction:.0%} of the gain over random)")
-                      + (": LARGE, the policy may exploit the sim" if metrics["large_gap"] else ""))
+        table.add_row("dream - real return", gap_text(metrics))
     table.add_row("real / dream env steps", f"{metrics.get('real_env_steps', 0):,} / {metrics.get('dream_env_steps', 0):,}")
     return table
 

@@ -32,7 +32,8 @@ def evaluate_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed:
     mode (Categorical) or the mean (Normal) of its distribution. `policy=None` acts uniformly at random
     (seeded by `seed`), on `device` (default: the policy's, else the CPU).
     """
-    device = device if device is not None else next(policy.parameters()).device if policy is not None else "cpu"
+    if device is None:
+        device = "cpu" if policy is None else next(policy.parameters()).device
     envs = SimVectorEnv(sim, episodes, device=device)
     obs, _ = envs.reset(seed=seed)
     envs.action_space.seed(seed)

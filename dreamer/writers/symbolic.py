@@ -214,14 +214,20 @@ def term_name(features: list[Feature], term: tuple[int, ...]) -> str:
     return "*".join(features[i].name for i in term) if term else "1"
 
 
+def at_bounds(next_obs: np.ndarray, space: spaces.Box) -> tuple[np.ndarray, np.ndarray]:
+    """(N, O) masks of the next observations that sit on a finite low / high bound of the observation space."""
+    at_low = np.isfinite(space.low) & np.isclose(next_obs, space.low, rtol=0.0, atol=1e-6)
+    at_high = np.isfinite(space.high) & np.isclose(next_obs, space.high, rtol=0.0, atol=1e-6)
+    return at_low, at_high
+
+
 def unsaturated(next_obs: np.ndarray, space: spaces.Box) -> np.ndarray:
     """(N,) False where some next observation sits on a finite bound of the observation space.
 
     Such values were clipped by the env, and the clipping feeds into the other coordinates too;
     the emitted sim clips to the same bounds, so the regression fits the law on the other rows.
     """
-    at_low = np.isfinite(space.low) & np.isclose(next_obs, space.low, rtol=0.0, atol=1e-6)
-    at_high = np.isfinite(space.high) & np.isclose(next_obs, space.high, rtol=0.0, atol=1e-6)
+    at_low, at_high = at_bounds(next_obs, space)
     return ~(at_low | at_high).any(axis=1)
 
 
@@ -230,10 +236,10 @@ def wall_rules(coords: Coordinates, next_obs: np.ndarray, space: spaces.Box, min
     `min_rows` steps, and another plain coordinate took one value in all of them (a velocity stopped at a wall),
     the sim sets that value there too. The regression left those steps out (`unsaturated`)."""
     plain = [(name, idx[0]) for name, idx in coords.layout if len(idx) == 1]
+    at_low, at_high = at_bounds(next_obs, space)
     lines = []
     for name, i in plain:
-        for side, bound, test in (("LOW", space.low[i], "<="), ("HIGH", space.high[i], ">=")):
-            at = np.isfinite(bound) & np.isclose(next_obs[:, i], bound, rtol=0.0, atol=1e-6)
+        for side, at, test in (("LOW", at_low[:, i], "<="), ("HIGH", at_high[:, i], ">=")):
             if at.sum() < min_rows:
                 continue
             for other, k in plain:
