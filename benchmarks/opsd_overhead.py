@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 
 from dreamer.artifacts import write_json
 from dreamer.config import build, resolve_device
-from dreamer.envs import family_source, goal_at
+from envs.hidden_goal import family_source, goal_at
 from dreamer.opsd import Anchors, Distillation, OPSDConfig, Teacher, collect_states
 from dreamer.rl import PPOConfig, train_ppo
 from dreamer.rl.sequence import SequencePolicy, SequencePolicyConfig

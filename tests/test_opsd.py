@@ -9,7 +9,7 @@ from gymnasium import spaces
 from omegaconf import OmegaConf
 
 from dreamer.config import build
-from dreamer.envs import HiddenGoalEnv, family_source, goal_at
+from envs.hidden_goal import HiddenGoalEnv, family_source, goal_at
 from dreamer.opsd import (
     Anchors, ContextConfig, Distillation, OPSDConfig, ScheduleConfig, Teacher, TeacherConfig, build_context, collect_states,
 )

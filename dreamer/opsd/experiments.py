@@ -1,4 +1,4 @@
-"""The OPSD experiments on the hidden-goal family (`dreamer.envs.hidden_goal`), run by `dreamer.train`.
+"""The OPSD experiments on the hidden-goal family (`envs.hidden_goal`), run by `dreamer.train`.
 
 `opsd_self_context` (the seeds' setting): a sequence policy learns to reach goals it is told in its
 context, across the family's variants, in their dream. Per seed, a new variant is deployed: a session
@@ -33,7 +33,7 @@ from rich.table import Table
 from torch import nn
 
 from dreamer.config import build
-from dreamer.envs import HiddenGoalEnv, family_source, goal_at
+from envs.hidden_goal import HiddenGoalEnv, family_source, goal_at
 from dreamer.loggers import Logger
 from dreamer.opsd.context import build_context
 from dreamer.opsd.distill import Anchors, Distillation, OPSDConfig, collect_states

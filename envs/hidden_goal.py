@@ -35,11 +35,12 @@ def goal_at(angle_deg: float, radius: float) -> tuple[float, float]:
 
 
 class HiddenGoalEnv(gymnasium.Env):
-    """One variant in numpy: observation (x, y) [+ cue]; `info["goal"]` on the step that reaches it."""
+    """One variant in numpy: observation (x, y) [+ cue]; `info["goal"]` on the step that reaches it.
+    `gymnasium.make("dreamer/HiddenGoal-v0", goal=(x, y), cue=None)` after `import envs`."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, goal: tuple[float, float], cue: float | None = None):
+    def __init__(self, goal: tuple[float, float] = (0.6, 0.0), cue: float | None = None):
         self.goal = np.asarray(goal, dtype=np.float32)
         self.cue = cue
         dims = 2 if cue is None else 3
@@ -65,7 +66,7 @@ class HiddenGoalEnv(gymnasium.Env):
         return self._obs(), float(reached), reached, self._steps >= MAX_EPISODE_STEPS and not reached, info
 
 
-_SOURCE = '''"""Hidden-goal navigation (dreamer.envs.hidden_goal): state = (goal_x, goal_y, cue, x, y)."""
+_SOURCE = '''"""Hidden-goal navigation (envs.hidden_goal): state = (goal_x, goal_y, cue, x, y)."""
 import math
 import torch
 
