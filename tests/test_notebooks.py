@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom on small artifacts made here, and their key cells hold what they show."""
+"""The notebooks run top to bottom as in a fresh checkout, with no run dir prepared: each makes what it needs
+(under `runs/` of its working directory, empty here), and their key cells hold what they show."""
 
 import json
 from pathlib import Path
@@ -11,12 +12,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 pytestmark = pytest.mark.slow
 
 
-def execute(name: str, parameters: dict, cwd: Path, probe: str) -> tuple[nbformat.NotebookNode, dict]:
-    """Run `notebooks/<name>.ipynb` in `cwd` with `parameters` set after its parameters cell (as papermill
-    does), then `probe`, a cell printing JSON about the notebook's objects; returns the notebook and that JSON."""
+def execute(name: str, cwd: Path, probe: str) -> tuple[nbformat.NotebookNode, dict]:
+    """Run `notebooks/<name>.ipynb` unchanged in `cwd` (with an empty `runs/`), then `probe`, a cell printing JSON
+    about the notebook's objects; returns the notebook and that JSON."""
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    [index] = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
-    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items())))
+    (cwd / "runs").mkdir()
     notebook.cells.append(nbformat.v4.new_code_cell(f"import builtins, json\nbuiltins.print(json.dumps({probe}))"))
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     [output] = [o for o in notebook.cells[-1].outputs if o.get("name") == "stdout"]
@@ -33,12 +33,14 @@ def text(notebook: nbformat.NotebookNode) -> str:
                      for cell in notebook.cells for output in cell.get("outputs", []))
 
 
-def test_inspect_generated_env(dream_run, tmp_path):
-    notebook, seen = execute("inspect_generated_env", {"run_dir": str(dream_run)}, tmp_path, """{
-        "checks": list(report.checks), "nrmse": step.nrmse.tolist(), "candidates": [c["label"] for c in candidates],
+def test_inspect_generated_env(tmp_path):
+    notebook, seen = execute("inspect_generated_env", tmp_path, """{
+        "run_dir": str(run.path.resolve()), "checks": list(report.checks), "nrmse": step.nrmse.tolist(), "candidates": [c["label"] for c in candidates],
         "replays": [r.obs.shape[0] for r in replays], "frames": None if frames is None else list(frames.shape),
         "curve_keys": keys}""")
-    report = json.loads((dream_run / "env" / "report.json").read_text())
+    made = Path(seen["run_dir"])
+    assert made.parent == (tmp_path / "runs" / "notebooks").resolve(), "with no run yet, the notebook makes one under runs/"
+    report = json.loads((made / "env" / "report.json").read_text())
     assert seen["checks"] == list(report["checks"])
     assert seen["nrmse"] == pytest.approx(report["fidelity"]["obs_nrmse"], rel=1e-5)
     assert seen["candidates"] == ["symbolic"]
@@ -50,7 +52,7 @@ def test_inspect_generated_env(dream_run, tmp_path):
 
 
 def test_plug_in_your_trace(tmp_path):
-    notebook, seen = execute("plug_in_your_trace", {"work_dir": str(tmp_path / "work")}, tmp_path, """{
+    notebook, seen = execute("plug_in_your_trace", tmp_path, """{
         "round_trips": round_trips, "mapped": len(mapped), "session": len(session), "error": str(caught_error),
         "writers": {name: run.report.accepted for name, run in results.items()},
         "llm_candidates": len(results["llm (replayed)"].candidates)}""")
@@ -62,9 +64,10 @@ def test_plug_in_your_trace(tmp_path):
     assert images(notebook) == 1
 
 
-def test_consolidation(self_context_run, tmp_path):
-    notebook, seen = execute("consolidation", {"run_dir": str(self_context_run)}, tmp_path, """{
-        "figures": len(figures), "keys": keys, "seeds": [r["seed"] for r in opsd["runs"]]}""")
+def test_consolidation(tmp_path):
+    notebook, seen = execute("consolidation", tmp_path, """{
+        "run_dir": str(run.path.resolve()), "pipeline": run.config["pipeline"], "figures": len(figures), "keys": keys, "seeds": [r["seed"] for r in opsd["runs"]]}""")
+    assert Path(seen["run_dir"]).parent == (tmp_path / "runs" / "notebooks").resolve() and seen["pipeline"] == "opsd_self_context"
     assert seen["seeds"] == [0, 1] and seen["figures"] == 2
     assert "seed_0/opsd/opsd/divergence_raw" in seen["keys"] and "seed_0/opsd/opsd/anchor_kl" in seen["keys"]
     assert images(notebook) == 3
