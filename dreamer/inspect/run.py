@@ -18,8 +18,9 @@ from dreamer.writers.stage import read_split
 
 
 def runs_root() -> Path:
-    """Where runs go by default: `runs/` here, else the checkout's (a notebook's cwd is `notebooks/`)."""
-    here = Path("runs")
+    """Where runs go by default, as an absolute path: `runs/` here, else the checkout's (a notebook's cwd is
+    `notebooks/`)."""
+    here = Path("runs").resolve()
     return here if here.is_dir() else CONF_DIR.parent / "runs"
 
 
