@@ -78,6 +78,22 @@ def test_vector_env_truncates_at_the_horizon_and_clips_box_actions():
     assert torch.equal(obs, torch.zeros(3, 3))
 
 
+def test_both_front_ends_count_an_episode_that_ends_at_the_horizon_as_terminated_only():
+    """A terminal step that is also the horizon's last is not a truncation, in one env as in the vector env
+    (so PPO never bootstraps a terminal state's value)."""
+    ends_at_the_horizon = PENDULUM_LIKE.replace(
+        "return torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)", "return state[:, 2] >= 14.0")
+    sim = FuncSim.from_source(ends_at_the_horizon)
+    env, vector = SimEnv(sim), SimVectorEnv(sim, num_envs=2)
+    env.reset(seed=0)
+    vector.reset(seed=0)
+    for _ in range(7):
+        *_, terminated, truncated, _ = env.step(np.array([2.0]))
+        *_, vector_terminated, vector_truncated, _ = vector.step(np.full((2, 1), 2.0))
+    assert (terminated, truncated) == (True, False)
+    assert vector_terminated.all() and not vector_truncated.any()
+
+
 def test_registered_sim_builds_with_make_and_make_vec(cartpole_source):
     env_id = register_sim(FuncSim.from_source(cartpole_source, name="cartpole_test"))
     assert env_id == "dreamer/cartpole_test"

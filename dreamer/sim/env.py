@@ -25,7 +25,8 @@ def _seeded_generator(seed: int | None, device: torch.device) -> torch.Generator
 class SimEnv(Env):
     """A single copy of the sim as a `gymnasium.Env` (numpy observations, CPU by default).
 
-    Truncation at `max_episode_steps` is done here, so no `TimeLimit` wrapper is needed.
+    Truncation at `max_episode_steps` is done here, so no `TimeLimit` wrapper is needed; as in
+    `SimVectorEnv`, a step that terminates is never also truncated.
     """
 
     metadata = {"render_modes": []}
@@ -60,8 +61,9 @@ class SimEnv(Env):
             obs = self.sim.observation(next_state, self._rng)
         self._state = next_state
         self._steps += 1
-        truncated = self._steps >= self.sim.max_episode_steps
-        return self._to_numpy_obs(obs), float(reward[0]), bool(terminated[0]), truncated, {}
+        terminated = bool(terminated[0])
+        truncated = self._steps >= self.sim.max_episode_steps and not terminated
+        return self._to_numpy_obs(obs), float(reward[0]), terminated, truncated, {}
 
     def _to_numpy_obs(self, obs: torch.Tensor) -> np.ndarray:
         return obs[0].detach().to("cpu", torch.float32).numpy()
