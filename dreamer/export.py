@@ -23,6 +23,7 @@ import gymnasium
 from gymnasium.utils.env_checker import check_env
 
 from dreamer.inspect.run import Run
+from dreamer.inspect.tables import number
 from dreamer.sandbox import load_sim
 from dreamer.sandbox.loading import REPORT_NAME
 from dreamer.sim.env import SimEnv, SimVectorEnv
@@ -93,9 +94,9 @@ def export(run_dir: str | Path, target: str | Path) -> str:
         shutil.copyfile(run.path / "config.yaml", staging / "config.yaml")
         (staging / "__init__.py").write_text(MODULE.format(
             name=name, run_dir=run.path, held_out=fidelity.get("transitions", "the"), env_id=env_id, sim_file=SIM_FILE,
-            nrmse=_figure(fidelity.get("obs_nrmse_mean")), termination=_figure(fidelity.get("termination_accuracy")),
-            accuracy=_figure(fidelity.get("accuracy")), package=package_of(target),
-            per_dim=", ".join(_figure(value) for value in fidelity.get("obs_nrmse", [])) or "none"))
+            nrmse=number(fidelity.get("obs_nrmse_mean")), termination=number(fidelity.get("termination_accuracy")),
+            accuracy=number(fidelity.get("accuracy")), package=package_of(target),
+            per_dim=", ".join(number(value) for value in fidelity.get("obs_nrmse", [])) or "none"))
         staging.chmod(0o755)  # mkdtemp's is 0o700
         check(staging, env_id)
         staging.rename(target)
@@ -122,10 +123,6 @@ def check(package: Path, env_id: str) -> None:
 def package_of(target: Path) -> str:
     """What to import to register the export at `target`: `envs` for a folder under envs/, else its own name."""
     return "envs" if target.parent.name == "envs" else target.name
-
-
-def _figure(value) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
 
 
 def main(argv: list[str] | None = None) -> None:

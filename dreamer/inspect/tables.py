@@ -13,7 +13,8 @@ from dreamer.traces import Trace
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def _number(value) -> str:
+def number(value) -> str:
+    """A figure for a table or a docstring: ints with thousands separators, floats to 4 significant digits, None as —."""
     if value is None:
         return "—"
     if isinstance(value, bool) or isinstance(value, int):
@@ -64,7 +65,7 @@ def fidelity_table(report: SandboxReport) -> Table:
     """The held-out figures the sandbox measured (NRMSE: RMSE over the std of the real change)."""
     table = Table(title="Held-out fidelity", show_header=False)
     for key, value in (report.fidelity or {}).items():
-        table.add_row(key, ", ".join(map(_number, value)) if isinstance(value, list) else _number(value))
+        table.add_row(key, ", ".join(map(_number, value)) if isinstance(value, list) else number(value))
     return table
 
 
@@ -76,7 +77,7 @@ def candidates_table(candidates: Sequence[dict], chosen: str | None = None) -> T
     for c in candidates:
         mark = " ←" if c["label"] == chosen else ""
         table.add_row(c["label"] + mark, c["parent"] or "", "[green]accepted[/]" if c["accepted"] else "[red]rejected[/]",
-                      _number(c.get("accuracy")), _number(c.get("obs_nrmse_mean")), _number(c.get("kstep_nrmse")),
+                      number(c.get("accuracy")), number(c.get("obs_nrmse_mean")), number(c.get("kstep_nrmse")),
                       "; ".join(_first_line(reason, 120) for reason in c["reasons"][:2]))
     return table
 
@@ -102,7 +103,7 @@ def curves_table(history: Sequence[dict], keys: Sequence[str], points: int = 6) 
         if not rows:
             continue
         picks = sorted({round(i * (len(rows) - 1) / max(points - 1, 1)) for i in range(points)})
-        table.add_row(key, str(len(rows)), ", ".join(f"{rows[i]['step']:,}: {_number(rows[i][key])}" for i in picks),
+        table.add_row(key, str(len(rows)), ", ".join(f"{rows[i]['step']:,}: {number(rows[i][key])}" for i in picks),
                       sparkline([row[key] for row in rows]))
     return table
 
@@ -120,7 +121,7 @@ def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
     dream = [row["dream/episode_return_mean"] for row in history if row.get("dream/episode_return_mean") is not None]
     table = Table(title="Real vs dream returns", show_header=False)
     real = metrics.get("real_return_mean")
-    table.add_row("dream return (last PPO update)", _number(dream[-1]) if dream else "—")
+    table.add_row("dream return (last PPO update)", number(dream[-1]) if dream else "—")
     if metrics.get("dream_return_mean") is not None:
         table.add_row(f"dream return of the kept policy (round {metrics['picked_round']}, last sim)",
                       f"{metrics['dream_return_mean']:.4g} (random: {metrics['random_return_dream']:.4g})")
@@ -154,5 +155,5 @@ def metrics_table(metrics: dict, title: str = "metrics.json") -> Table:
             yield prefix, value
 
     for key, value in rows("", metrics):
-        table.add_row(key, value if isinstance(value, str) else _number(value))
+        table.add_row(key, value if isinstance(value, str) else number(value))
     return table
