@@ -65,7 +65,7 @@ def fidelity_table(report: SandboxReport) -> Table:
     """The held-out figures the sandbox measured (NRMSE: RMSE over the std of the real change)."""
     table = Table(title="Held-out fidelity", show_header=False)
     for key, value in (report.fidelity or {}).items():
-        table.add_row(key, ", ".join(map(_number, value)) if isinstance(value, list) else number(value))
+        table.add_row(key, ", ".join(map(number, value)) if isinstance(value, list) else number(value))
     return table
 
 
