@@ -54,7 +54,7 @@ def main() -> None:
     sim = load_sim(run_dir / "env" / f"{cfg.sim.name}.py")
     session = load_trace(run_dir / "trace.jsonl")
     stats = session.summary()
-    base = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+    base = build(PPOConfig, cfg.algo, "algo", ignore=("kind", "progress"))
     policy_config = build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",))
 
     def policy(carried: bool, fresh_critic: bool = False) -> MLPPolicy:

@@ -46,7 +46,7 @@ def main() -> None:
         cfg = compose("config", overrides=["+experiment=opsd_self_context"])
     device = resolve_device(args.device)
     opsd = build(OPSDConfig, cfg.opsd, "opsd")
-    ppo = build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+    ppo = build(PPOConfig, cfg.algo, "algo", ignore=("kind", "progress"))
     ppo = dataclasses.replace(ppo, total_steps=ppo.num_envs * ppo.num_steps * (args.updates + 1))
     torch.manual_seed(args.seed)
     model = SequencePolicy(spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(5),
@@ -69,7 +69,7 @@ def main() -> None:
     def distillation(student_model: SequencePolicy) -> Distillation:
         base = copy.deepcopy(model).requires_grad_(False)
         anchors = Anchors(student_model.bind_from_obs(), base.bind_from_obs(),
-                          collect_states(base.bind_from_obs(), family, opsd.anchors.states, args.seed),
+                          collect_states(base.bind_from_obs(), family, opsd.anchors.states, args.seed, opsd.anchors.envs),
                           opsd.anchors.coef, opsd.anchors.batch)
         teacher = Teacher.self_context(student_model, torch.tensor(goal), opsd.teacher)
         return Distillation(student_model.bind(None), student_model, teacher, opsd, anchors, args.seed)

@@ -37,7 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamer.artifacts import write_json
-from dreamer.config import build, compose_config
+from dreamer.config import build
+from dreamer.pipelines import compose_config
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, TorchVectorEnv, train_ppo
 
 # experiment -> (min real return on every seed, max real env steps); None: measured, no target
@@ -77,7 +78,7 @@ def real_ppo(cfg, steps: int, reach: float | None, seed: int) -> dict:
     """PPO on the real env: its training-return curve and the first real step at which it reached `reach`."""
     torch.manual_seed(seed)
     envs = TorchVectorEnv([lambda: gymnasium.make(cfg.trace.env_id)] * 8, device="cpu")
-    config = dataclasses.replace(build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress")), num_envs=8,
+    config = dataclasses.replace(build(PPOConfig, cfg.algo, "algo", ignore=("kind", "progress")), num_envs=8,
                                  total_steps=steps, num_minibatches=min(cfg.algo.num_minibatches, 4))
     policy = MLPPolicy(envs.single_observation_space, envs.single_action_space,
                        build(MLPPolicyConfig, cfg.policy, "policy", ignore=("kind",)))

@@ -122,7 +122,7 @@ def write_dream_sim(seed: int) -> tuple[FuncSim, dict]:
     trace = collect_trace(gymnasium.make(ENV_ID), TRACE_STEPS, seed=seed)
     train_trace, held_out = trace.split(trace_cfg.held_out_fraction, seed)
     t1 = time.perf_counter()
-    writer = SymbolicWriter(build(SymbolicWriterConfig, load_conf("writer/symbolic.yaml", seed), "writer", ignore=("name",)))
+    writer = SymbolicWriter(build(SymbolicWriterConfig, load_conf("writer/symbolic.yaml", seed), "writer", ignore=("kind",)))
     source = writer.draft(train_trace)
     t2 = time.perf_counter()
     report = validate(source, held_out, SandboxConfig.from_dict(load_conf("sandbox/default.yaml", seed)), name="dream")
@@ -225,7 +225,7 @@ def ppo_run(make_envs, config: PPOConfig, updates: int, policy_args: tuple, devi
 
 
 def benchmark_ppo(sim: FuncSim, meta: dict, device: torch.device, updates: int, seed: int) -> dict:
-    ppo_config = build(PPOConfig, load_conf("algo/ppo.yaml", seed), "algo", ignore=("name", "progress"))
+    ppo_config = build(PPOConfig, load_conf("algo/ppo.yaml", seed), "algo", ignore=("kind", "progress"))
     policy_config = build(MLPPolicyConfig, load_conf("policy/mlp.yaml", seed), "policy", ignore=("kind",))
     stats = (meta["obs_mean"], meta["obs_std"])
     dream = ppo_run(lambda: SimVectorEnv(sim, ppo_config.num_envs, device=device), ppo_config, updates,

@@ -1,39 +1,34 @@
-"""Hydra config sections -> the typed dataclasses each stage takes, with errors that name the key; and
-`check_run_config`, the start-up check of the keys of a run's config that no stage's dataclass covers."""
+"""Config sections (Hydra's or plain mappings) -> the typed dataclasses each stage takes, with errors that name
+the key. Imports no Hydra and no stage, so that every library, the sandbox worker included, can use it cheaply."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
-
-from dreamer.loggers import LoggerConfig
-from dreamer.rl.explore import NoveltyConfig
-from dreamer.traces.storage import TABLES
-from dreamer.traces.table import TableColumns
 
 T = TypeVar("T")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra configs of `python -m dreamer.train`/`.write`
-RUN_KEYS = {  # the top-level keys of each entry point's config; `family` only with +experiment=opsd_*
-    "train": ("pipeline", "seed", "device", "eval", "trace", "writer", "sandbox", "sim", "policy", "algo", "opsd",
-              "logger", "family"),
-    "write": ("seed", "device", "trace", "writer", "sandbox", "sim"),
-}
 
 
 def to_plain(values: Any) -> Any:
-    """A DictConfig/ListConfig (resolved) or mapping -> plain Python containers."""
-    if isinstance(values, DictConfig) or OmegaConf.is_config(values):
+    """An omegaconf DictConfig/ListConfig (resolved) or a mapping -> plain Python containers."""
+    if type(values).__module__.startswith("omegaconf"):  # only a caller that has omegaconf loaded can pass one
+        from omegaconf import OmegaConf
         return OmegaConf.to_container(values, resolve=True)
     return dict(values) if isinstance(values, Mapping) else values
+
+
+def choose(options: Mapping[str, T], kind: Any, key: str) -> T:
+    """`options[kind]` for a selector key such as `writer.kind`; ValueError naming `key` and the allowed kinds."""
+    if not isinstance(kind, str) or kind not in options:
+        raise ValueError(f"{key}={kind!r} is not one of {sorted(options)}")
+    return options[kind]
 
 
 def build(kind: type[T], values: Mapping[str, Any], where: str, ignore: tuple[str, ...] = ()) -> T:
@@ -52,10 +47,13 @@ def build(kind: type[T], values: Mapping[str, Any], where: str, ignore: tuple[st
         raise ValueError(f"missing config key(s) {[f'{where}.{k}' for k in missing]}")
     hints = typing.get_type_hints(kind)
     for key, value in values.items():
-        nested = [hint for hint in (typing.get_args(hints[key]) or (hints[key],)) if dataclasses.is_dataclass(hint)]
-        if nested and isinstance(value, Mapping):  # a dataclass field, or an optional one (`Config | None`)
+        hint, args = hints[key], typing.get_args(hints[key])
+        nested = [option for option in (args or (hint,)) if dataclasses.is_dataclass(option)]
+        if typing.get_origin(hint) is dict and nested and isinstance(value, Mapping):  # dict[str, Config]
+            values[key] = {name: build(nested[0], item, f"{where}.{key}.{name}") for name, item in value.items()}
+        elif nested and isinstance(value, Mapping):  # a dataclass field, or an optional one (`Config | None`)
             values[key] = build(nested[0], value, f"{where}.{key}")
-        elif problem := type_error(value, hints[key], f"{where}.{key}"):
+        elif problem := type_error(value, hint, f"{where}.{key}"):
             raise ValueError(problem)
     try:
         return kind(**values)
@@ -105,91 +103,6 @@ def describe(hint: Any) -> str:
     return ("an " if name[0].lower() in "aeiou" else "a ") + name
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """The `eval` section of `python -m dreamer.train`."""
-
-    env_id: str | None   # the real env the policy is evaluated in (None: no evaluation)
-    episodes: int
-    seed: int            # episode i is reset with seed + i
-    dream_episodes: int  # episodes in the last round's sim, for the pick among rounds and the dream return
-    max_gap: float       # flag dream - real > max_gap x (dream - random), both in the last round's sim
-
-    def __post_init__(self):
-        for key in ("episodes", "dream_episodes"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)}")
-        if not self.max_gap >= 0:
-            raise ValueError(f"max_gap must be a number >= 0, got {self.max_gap}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TraceConfig:
-    """The `trace` section, less its `columns` (`trace_columns`): where the session comes from."""
-
-    source: Literal["env", "file"]    # env: recorded in a live Gymnasium env | file: read from `path`
-    env_id: str | None                # env: the env recorded in (file: evaluated in, or None)
-    path: str | None                  # file: the trace file
-    steps_per_round: list[int] | None  # env: real steps recorded in each round
-    held_out_fraction: float          # share of episodes held out for the sandbox's fidelity report
-    explore: NoveltyConfig | None     # env: a round whose session shows no task signal trains an explorer for the next
-
-    def __post_init__(self):
-        if not 0 < self.held_out_fraction < 1:
-            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
-        if self.source == "env":
-            if not self.env_id:
-                raise ValueError(f"env_id must name a Gymnasium env for source=env, got {self.env_id!r}")
-            if not self.steps_per_round or min(self.steps_per_round) < 1:
-                raise ValueError(f"steps_per_round must be a non-empty list of positive ints for source=env, "
-                                 f"got {self.steps_per_round}")
-            if self.path is not None:
-                raise ValueError(f"path is read for source=file only (trace=file), got {self.path!r} with source=env")
-        elif self.steps_per_round is not None:
-            raise ValueError(f"steps_per_round applies to source=env only (trace=gym), got {self.steps_per_round} "
-                             "with source=file (one round)")
-
-
-@dataclasses.dataclass(frozen=True)
-class SimConfig:
-    """The `sim` section: what the accepted sim is called."""
-
-    name: str  # the env file is env/<name>.py; registered as gymnasium id dreamer/<name>
-
-    def __post_init__(self):
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
-            raise ValueError(f"name must be a Python identifier (letters, digits, _), got {self.name!r}")
-
-
-def check_run_config(cfg: DictConfig, name: Literal["train", "write"]) -> None:
-    """The start-up check of `python -m dreamer.<name>`'s config, before any work: values still `???`
-    (`require_set`), the top-level keys (`RUN_KEYS`), `seed`, `device` (`resolve_device`), `sim`, `eval`,
-    `logger` and `trace` (`SimConfig`, `EvalConfig`, `LoggerConfig`, `TraceConfig`, `trace_columns`).
-    Raises ValueError naming the key and what it allows. The other sections are checked by the dataclasses
-    their stages build."""
-    require_set(cfg, f"dreamer.{name}")
-    values = to_plain(cfg)
-    allowed = RUN_KEYS[name]
-    unknown = sorted(set(values) - set(allowed))
-    missing = sorted(set(allowed) - {"family"} - set(values))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; allowed keys: {sorted(allowed)}")
-    if missing:
-        raise ValueError(f"missing config key(s) {missing}")
-    for key, hint in (("seed", int), ("device", str)):
-        if problem := type_error(values[key], hint, key):
-            raise ValueError(problem)
-    resolve_device(values["device"])
-    build(SimConfig, values["sim"], "sim")
-    if name == "train":
-        build(EvalConfig, values["eval"], "eval")
-        build(LoggerConfig, values["logger"], "logger")
-    trace = values["trace"]
-    build(TraceConfig, trace, "trace", ignore=("columns",) if trace.get("source") != "env" else ())
-    if trace["source"] == "file":
-        trace_columns(trace)  # the columns of a file trace
-
-
 def resolve_device(device: str) -> torch.device:
     """"auto" -> cuda when available, else cpu; else a torch device string, which for cuda must name a
     device this machine has. Raises ValueError naming `device` and the allowed forms."""
@@ -206,27 +119,3 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return resolved
-
-
-def require_set(cfg: DictConfig, command: str) -> None:
-    """Raise ValueError naming every `???` value of `cfg` that the command line must set."""
-    if missing := sorted(OmegaConf.missing_keys(cfg)):
-        raise ValueError(f"config value(s) {missing} must be set, e.g. python -m {command} {missing[0]}=...")
-
-
-def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `python -m dreamer.<name>` would run with these command-line overrides (for notebooks)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name={"train": "config"}.get(name, name), overrides=list(overrides))
-
-
-def trace_columns(trace: Mapping[str, Any]) -> TableColumns | None:
-    """The `trace.columns` mapping for a CSV or Parquet `trace.path`; None for the other formats, for
-    which a mapping other than the default is an error naming the key."""
-    columns = build(TableColumns, trace["columns"], "trace.columns")
-    if Path(str(trace["path"])).suffix in TABLES:
-        return columns
-    if columns != TableColumns():
-        raise ValueError(f"trace.columns maps the columns of {' and '.join(TABLES)} files; "
-                         f"trace.path={trace['path']} is not one (leave trace.columns at its defaults)")
-    return None

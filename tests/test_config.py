@@ -5,7 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dreamer.config import CONF_DIR, build, check_run_config, compose_config, resolve_device, type_error
+from dreamer.config import CONF_DIR, build, resolve_device, type_error
+from dreamer.pipelines.config import check_run_config, compose_config
 from dreamer.opsd.distill import OPSDConfig
 from dreamer.rl import MLPPolicyConfig, PPOConfig
 from dreamer.rl.sequence import SequencePolicyConfig
@@ -21,7 +22,7 @@ WRITE = ["trace.path=session.jsonl"]
 
 
 def ppo(**overrides) -> PPOConfig:
-    return build(PPOConfig, {**ALGO, **overrides}, "algo", ignore=("name", "progress"))
+    return build(PPOConfig, {**ALGO, **overrides}, "algo", ignore=("kind", "progress"))
 
 
 def start(name: str, overrides: list[str]) -> None:
@@ -31,7 +32,7 @@ def start(name: str, overrides: list[str]) -> None:
     make_writer(cfg.writer)
     SandboxConfig.from_dict(cfg.sandbox)
     if name == "train":
-        build(PPOConfig, cfg.algo, "algo", ignore=("name", "progress"))
+        build(PPOConfig, cfg.algo, "algo", ignore=("kind", "progress"))
         build(POLICIES[cfg.policy.kind], cfg.policy, "policy", ignore=("kind",))
         build(OPSDConfig, cfg.opsd, "opsd")
 
@@ -63,7 +64,7 @@ def test_unknown_and_missing_keys_are_named_with_their_group():
         ppo(learning_rat=1e-3)
     values = {k: v for k, v in ALGO.items() if k != "gamma"}
     with pytest.raises(ValueError, match=r"missing config key\(s\) \['algo.gamma'\]"):
-        build(PPOConfig, values, "algo", ignore=("name", "progress"))
+        build(PPOConfig, values, "algo", ignore=("kind", "progress"))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -96,7 +97,7 @@ def test_impossible_values_are_refused_with_the_key(overrides, message):
     ("train", ["device=0"], "device=0 is not a str"),
     ("train", ["eval.episodes=ten"], "eval.episodes='ten' is not an int"),
     ("train", ["eval.env_id=5"], "eval.env_id=5 is not a str or null"),
-    ("train", ["trace.source=stream"], "trace.source='stream' is not one of ['env', 'file']"),
+    ("train", ["trace.kind=stream"], "trace.kind='stream' is not one of ['gym', 'file']"),
     ("train", ["trace.steps_per_round=[1000,2.5]"], "trace.steps_per_round=[1000, 2.5] is not a list of int or null"),
     ("train", ["logger.kind=wandbb"], "logger.kind='wandbb' is not one of ['wandb', 'none']"),
     ("train", ["logger.mode=offlne"], "logger.mode='offlne' is not one of ['offline', 'online', 'disabled'] or null"),
@@ -128,14 +129,14 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_allowed_type(name, over
     ("train", [*LLM, "writer.candidates=0"], "writer: candidates must be a positive int, got 0"),
     ("train", ["eval.episodes=0"], "eval: episodes must be a positive int, got 0"),
     ("train", ["trace.held_out_fraction=1.0"], "trace: held_out_fraction must be in (0, 1), got 1.0"),
-    ("train", ["trace.steps_per_round=[]"], "trace: steps_per_round must be a non-empty list of positive ints for source=env, got []"),
+    ("train", ["trace.steps_per_round=[]"], "trace: steps_per_round must be a non-empty list of positive ints for kind=gym, got []"),
     ("train", ["trace.steps_per_round=[1000,-5]"], "trace: steps_per_round must be a non-empty list of positive ints"),
-    ("train", ["trace.env_id=null"], "trace: env_id must name a Gymnasium env for source=env, got None"),
-    ("train", ["trace.path=session.jsonl"], "trace: path is read for source=file only (trace=file)"),
+    ("train", ["trace.env_id=null"], "trace: env_id must name a Gymnasium env for kind=gym, got None"),
+    ("train", ["trace.path=session.jsonl"], "trace: path is read for kind=file only (trace=file)"),
     ("train", ["sim.name=../outside"], "sim: name must be a Python identifier (letters, digits, _), got '../outside'"),
     ("write", [*WRITE, "sim.name=my-sim"], "sim: name must be a Python identifier (letters, digits, _), got 'my-sim'"),
     ("train", ["logger=wandb", "logger.init_timeout_s=0"], "logger: kind=wandb needs a mode and init_timeout_s > 0"),
-    ("train", ["+experiment=from_trace", *WRITE, "trace.steps_per_round=[500]"], "trace: steps_per_round applies to source=env only"),
+    ("train", ["+experiment=from_trace", *WRITE, "trace.steps_per_round=[500]"], "trace: steps_per_round applies to kind=gym only"),
     ("write", ["trace.path=session.jsonl", "trace.columns.reward_column=r"], "trace.columns maps the columns of"),
 ])
 def test_an_impossible_value_names_the_key_and_the_allowed_range(name, overrides, message):
@@ -202,7 +203,7 @@ def test_values_are_checked_against_the_annotation(value, hint, problem):
     (["sim.name=../outside"], "sim: name must be a Python identifier"),
 ])
 def test_an_impossible_value_stops_the_run_before_any_work(tmp_path, overrides, message):
-    from dreamer.train import run
+    from dreamer.pipelines import run
 
     with pytest.raises(ValueError, match=re.escape(message)):
         run(compose_config("train", overrides), tmp_path / "run")

@@ -10,7 +10,7 @@ import torch
 from dreamer.rl import NoveltyConfig, novelty_sim
 from dreamer.sim import FuncSim
 from dreamer.traces import collect_trace
-from dreamer.train import missing_task_signal
+from dreamer.pipelines.dream import missing_task_signal
 
 
 @pytest.mark.parametrize("env_id, missing", [
@@ -47,7 +47,7 @@ def test_the_symbolic_reward_pays_a_goal_bonus_on_the_step_that_ends_the_episode
     session = collect_trace(gymnasium.make("CartPole-v1"), 2000, seed=0)
     session = dataclasses.replace(session, reward=(1.0 + 10.0 * session.terminated).astype(np.float32))
     config = build(SymbolicWriterConfig, {**OmegaConf.to_container(OmegaConf.load("conf/writer/symbolic.yaml")), "seed": 0},
-                   "writer", ignore=("name",))
+                   "writer", ignore=("kind",))
     source = SymbolicWriter(config).draft(session)
     assert "done = terminal(next_state, rng).float()" in source
     sim = FuncSim.from_source(source)

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from dreamer.config import compose_config
 from dreamer.inspect import Run, dream_rollouts, latest_run, one_step, open_loop, render_states
 from dreamer.inspect.__main__ import main as inspect_main
 from dreamer.sandbox import SandboxConfig
 from dreamer.sim import FuncSim
 from dreamer.traces import TraceWarning, collect_trace, save_trace
-from dreamer.write import run as write_run
+from dreamer.pipelines import compose_config, run as write_run
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +119,7 @@ def test_write_cli_prints_the_report_and_where_the_sim_is(tmp_path):
 
 
 def test_write_refuses_a_live_env_session(tmp_path):
-    with pytest.raises(ValueError, match="trace.source must be 'file'"):
+    with pytest.raises(ValueError, match="trace.kind must be 'file'"):
         write_run(compose_config("write", ["trace=gym"]), tmp_path / "run")
     assert not (tmp_path / "run").exists(), "nothing is written before the config is checked"
 

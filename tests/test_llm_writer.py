@@ -180,8 +180,8 @@ def test_make_writer_names_bad_keys():
         make_writer({**values, "candidate": 3})
     with pytest.raises(ValueError, match="candidates must be a positive int"):
         make_writer({**values, "candidates": 0})
-    with pytest.raises(ValueError, match="writer.name must be 'symbolic' or 'llm'"):
-        make_writer({**values, "name": "gpt"})
+    with pytest.raises(ValueError, match=r"writer.kind='gpt' is not one of \['llm', 'symbolic'\]"):
+        make_writer({**values, "kind": "gpt"})
 
 
 def test_search_config_checks_its_values():

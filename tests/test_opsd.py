@@ -37,7 +37,7 @@ def opsd_config(**overrides) -> OPSDConfig:
 def ppo_config(**overrides) -> PPOConfig:
     values = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
     values.update(anneal_lr=False, update_obs_stats=False)  # as the OPSD experiments set them
-    return build(PPOConfig, {**values, **overrides}, "algo", ignore=("name", "progress"))
+    return build(PPOConfig, {**values, **overrides}, "algo", ignore=("kind", "progress"))
 
 
 def tiny_sequence_policy(context_dims: int = 2, seed: int = 0) -> SequencePolicy:
@@ -263,7 +263,7 @@ def test_short_consolidation_with_a_tiny_transformer_closes_the_gap_and_keeps_th
     sim = FuncSim.from_source(family_source([GOAL]))
     family = FuncSim.from_source(family_source(None, reveal_goal=True))
     base = copy.deepcopy(model).requires_grad_(False)
-    anchor_obs = collect_states(base.bind_from_obs(), family, 512, seed=0)
+    anchor_obs = collect_states(base.bind_from_obs(), family, 512, seed=0, envs=256)
     # A random tiny model hardly reads its context; a sharpened other model with the context is a teacher
     # whose actions really differ from the student's.
     veteran = tiny_sequence_policy(seed=2)

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from conftest import TINY_DREAM, TINY_OPSD, run_module
 
-from dreamer.config import compose_config
+from dreamer.pipelines import compose_config
 from dreamer.inspect import Run
 from dreamer.inspect.__main__ import summarise
 from dreamer.resume import CHECKPOINT
@@ -162,7 +162,7 @@ def test_an_opsd_run_killed_mid_consolidation_resumes_from_its_last_ppo_checkpoi
 
 def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
     """NaN in training: metrics.json says failed and counts it, the details are saved, the checkpoint kept."""
-    from dreamer import train
+    from dreamer import pipelines
 
     def nan_training(*args, checkpoint, **kwargs):
         raise NonFiniteError("env", "the env returned a non-finite reward at env step 1,024 (env 3): ...",
@@ -171,7 +171,7 @@ def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_ppo", nan_training)
     cfg = compose_config("train", [*ARGS, "trace.steps_per_round=[300]"])
     with pytest.raises(NonFiniteError):
-        train.run(cfg, tmp_path / "run")
+        pipelines.run(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["nonfinite"]["count"] == 1 and "non-finite reward" in metrics["error"]
     saved = json.loads((tmp_path / "run" / "nonfinite.json").read_text())
@@ -186,7 +186,7 @@ def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
 @pytest.mark.parametrize("error, status", [(RuntimeError("the writer's server went away"), "failed"),
                                            (KeyboardInterrupt(), "interrupted")])
 def test_a_run_that_stops_on_an_error_says_so_and_resumes(tmp_path, monkeypatch, error, status):
-    from dreamer import train
+    from dreamer import pipelines
 
     def stopping(*args, **kwargs):
         raise error
@@ -194,19 +194,19 @@ def test_a_run_that_stops_on_an_error_says_so_and_resumes(tmp_path, monkeypatch,
     cfg = compose_config("train", [*ARGS, "trace.steps_per_round=[300]"])
     monkeypatch.setattr(train, "train_ppo", stopping)
     with pytest.raises(type(error)):
-        train.run(cfg, tmp_path / "run")
+        pipelines.run(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == status and metrics["error"].startswith(type(error).__name__)
     monkeypatch.undo()
-    resumed = train.run(cfg, tmp_path / "run")
+    resumed = pipelines.run(cfg, tmp_path / "run")
     assert resumed["status"] == "finished" and resumed["resumed"] == 'after "round 1 write"'
 
 
 def test_a_folder_that_holds_other_files_is_never_written_into(tmp_path):
-    from dreamer import train
+    from dreamer import pipelines
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="is not empty and holds no run"):
-        train.run(compose_config("train", ARGS), tmp_path / "run")
+        pipelines.run(compose_config("train", ARGS), tmp_path / "run")
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["notes.txt"]

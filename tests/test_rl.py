@@ -16,7 +16,7 @@ POLICY = MLPPolicyConfig(hidden_sizes=[32, 32], activation="Tanh", initial_log_s
 
 def ppo_config(**overrides) -> PPOConfig:
     values = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
-    return build(PPOConfig, {**values, **overrides}, "algo", ignore=("name", "progress"))
+    return build(PPOConfig, {**values, **overrides}, "algo", ignore=("kind", "progress"))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])

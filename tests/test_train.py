@@ -254,7 +254,7 @@ def test_a_session_that_never_shows_the_goal_stops_before_any_sim_is_written(tmp
 def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
     import numpy as np
 
-    from dreamer.train import Pick, dream_vs_real, summary_table
+    from dreamer.pipelines.dream import Pick, dream_vs_real, summary_table
     from rich.console import Console
 
     pick = Pick(round=2, dream_returns={1: 150.0, 2: 500.0}, random_return=20.0)

@@ -19,7 +19,7 @@ from dreamer.writers.symbolic import Coordinates, fit_termination
 def writer() -> SymbolicWriter:
     config = OmegaConf.load("conf/writer/symbolic.yaml")
     config.seed = 0
-    return SymbolicWriter(build(SymbolicWriterConfig, config, "writer", ignore=("name",)))
+    return SymbolicWriter(build(SymbolicWriterConfig, config, "writer", ignore=("kind",)))
 
 
 def one_step_nrmse(sim: FuncSim, held_out) -> np.ndarray:

@@ -36,11 +36,12 @@ class AnchorConfig:
     coef: float          # weight of KL(base || student) on anchor states (0: no drift guard)
     states: int          # anchor states collected per earlier task, by the base policy acting there
     batch: int           # anchor states per minibatch
+    envs: int            # parallel envs of the sim the base collects them in
 
     def __post_init__(self):
         if not self.coef >= 0:
             raise ValueError(f"anchors.coef must be >= 0, got {self.coef}")
-        for key in ("states", "batch"):
+        for key in ("states", "batch", "envs"):
             if getattr(self, key) < 1:
                 raise ValueError(f"anchors.{key} must be >= 1, got {getattr(self, key)}")
 
@@ -92,8 +93,8 @@ def action_divergence(model: nn.Module, base: nn.Module, obs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def collect_states(policy: nn.Module, sim: FuncSim, count: int, seed: int, envs: int = 256) -> Tensor:
-    """(count, O) observations visited by `policy` (sampling its actions) in `sim`."""
+def collect_states(policy: nn.Module, sim: FuncSim, count: int, seed: int, envs: int) -> Tensor:
+    """(count, O) observations visited by `policy` (sampling its actions) in `envs` copies of `sim`."""
     device = next(policy.parameters()).device
     vector = SimVectorEnv(sim, min(envs, count), device=device)
     obs, _ = vector.reset(seed=seed)

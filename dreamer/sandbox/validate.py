@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +27,9 @@ from dreamer.sandbox.isolation import Isolated, cancel_on, run_isolated
 from dreamer.sandbox.static import check_source
 from dreamer.sandbox.worker import HELD_OUT_ARRAYS
 from dreamer.sim.contract import space_to_dict
-from dreamer.traces import Trace
+
+if TYPE_CHECKING:  # the worker imports this package: it must not pay for the trace readers
+    from dreamer.traces import Trace
 
 # The worker's command line after the interpreter. Not `-m dreamer.sandbox.worker`: this package imports the
 # worker module, and runpy would then run a second copy of it as __main__ (with a RuntimeWarning).

@@ -1,0 +1,298 @@
+"""The dream loop, `pipeline=dream` (the default run of `python -m dreamer.train`).
+
+Each round records real steps (appended to `trace.jsonl` as each episode ends) or loads the trace file, has
+the writer write a sim from the session's training episodes that the sandbox accepts on the held-out
+episodes, and trains PPO in vectorized copies of the accepted sim. Of the rounds' policies, the one with the
+best return in the last round's sim is kept and evaluated in the real env. The run dir holds `trace.jsonl`,
+the write stage's `env/` (see `dreamer.writers.stage`; earlier rounds under `env/round_<r>/`), `policy/`,
+`history.jsonl`, `metrics.json` and the resolved `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import partial
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from dreamer.config import build
+from dreamer.inspect.tables import gap_text
+from dreamer.opsd import Distillation, OPSDConfig, Teacher
+from dreamer.pipelines.config import EvalConfig, SimConfig, TraceConfig, policy_config, ppo_config, trace_columns, trace_config
+from dreamer.pipelines.protocol import Pipeline, Run, Stopped
+from dreamer.rl import (MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, novelty_sim,
+                        train_ppo)
+from dreamer.sandbox import SandboxConfig, load_sim
+from dreamer.sim import FuncSim, SimVectorEnv
+from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
+from dreamer.writers import Writer, make_writer, verdict_line, write_sim
+from dreamer.writers.stage import read_split, read_written
+
+console = Console(stderr=True)
+
+
+class NoTaskSignal(Stopped):
+    """The session holds nothing a sim could teach the task from (`missing_task_signal`), and no round is left to
+    explore in."""
+
+
+def missing_task_signal(session: Trace) -> str | None:
+    """What the session lacks for a sim to teach the task from it, or None: a session in which no episode
+    terminated and whose reward the action alone explains (a constant, or an action cost) never showed the goal."""
+    if session.terminated.any():
+        return None
+    if isinstance(session.action_space, spaces.Discrete):
+        features = np.eye(int(session.action_space.n))[session.action]
+    else:
+        action = session.action.reshape(len(session), -1).astype(np.float64)
+        features = np.concatenate([np.ones((len(session), 1)), action, action**2], axis=1)
+    reward = session.reward.astype(np.float64)
+    residual = reward - features @ np.linalg.lstsq(features, reward, rcond=None)[0]
+    if residual.var() > 1e-6 * max(reward.var(), 1e-12):
+        return None
+    what = f"one reward ({float(reward[0]):g}) at every step" if np.ptp(reward) == 0 else "a reward the action alone explains"
+    return f"{what} and no episode that terminated"
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The policy the run keeps: of each round's trained policy, the best in the last round's sim."""
+
+    round: int                         # 1-based
+    dream_returns: dict[int, float]    # round -> its policy's mean over eval.dream_episodes deterministic episodes
+    random_return: float               # uniformly random actions, the same episodes
+
+    @property
+    def dream_return(self) -> float:
+        return self.dream_returns[self.round]
+
+
+def pick_policy(policy: MLPPolicy, round_policies: dict[int, dict], sim: FuncSim, eval_config: EvalConfig) -> Pick:
+    """Load into `policy` the round's policy (round -> state dict) with the best return in `sim` (the latest of
+    equals): the pick looks at the dream only, never at the real env it is then scored in."""
+    episodes, seed = eval_config.dream_episodes, eval_config.seed
+    returns = {}
+    for r, state in round_policies.items():
+        policy.load_state_dict(state)
+        returns[r] = float(evaluate_in_sim(policy, sim, episodes, seed).mean())
+    best = max(returns, key=lambda r: (returns[r], r))
+    policy.load_state_dict(round_policies[best])
+    random = float(evaluate_in_sim(None, sim, episodes, seed, device=next(policy.parameters()).device).mean())
+    return Pick(best, returns, random)
+
+
+def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: float) -> dict:
+    """The metrics that compare the kept policy's return in the dream with its return in the real env.
+
+    `dream_real_gap_fraction` = (dream - real) / (dream - random): the share of what the policy gained over
+    random play in the dream that the real env did not give back (None where the dream shows no gain)."""
+    figures = dict.fromkeys(("picked_round", "dream_return_mean", "dream_returns_by_round", "random_return_dream",
+                             "dream_real_gap", "dream_real_gap_fraction", "large_gap"))
+    if pick is None:
+        return figures
+    figures.update(picked_round=pick.round, dream_return_mean=pick.dream_return, dream_returns_by_round=pick.dream_returns,
+                   random_return_dream=pick.random_return)
+    if real_returns is not None:
+        gap, gain = pick.dream_return - float(real_returns.mean()), pick.dream_return - pick.random_return
+        fraction = gap / gain if gain > 0 else None
+        figures.update(dream_real_gap=gap, dream_real_gap_fraction=fraction,
+                       large_gap=None if fraction is None else fraction > max_gap)
+    return figures
+
+
+def summary_table(metrics: dict) -> Table:
+    table = Table(title="What the dream bought", show_header=False)
+    fidelity = metrics["fidelity"] or {}
+    rows = [
+        ("accepted sim", str(metrics["accepted"])),
+        ("real env steps", f"{metrics['real_env_steps']:,}"),
+        ("dream env steps", f"{metrics['dream_env_steps']:,}"),
+        ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}"),
+        ("one-step obs NRMSE (held out)", f"{fidelity.get('obs_nrmse_mean', float('nan')):.4g}"),
+        ("termination accuracy (held out)", f"{fidelity.get('termination_accuracy', float('nan')):.4g}"),
+        ("real return", "not evaluated" if metrics["real_return_mean"] is None
+         else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
+    ]
+    if metrics["picked_round"] is not None:
+        rounds = metrics["dream_returns_by_round"]
+        rows += [
+            ("policy kept", f"round {metrics['picked_round']} (best in the last sim: "
+                            + ", ".join(f"round {r} {ret:.1f}" for r, ret in rounds.items()) + ")"),
+            ("dream return (last sim)", f"{metrics['dream_return_mean']:.1f} (random: {metrics['random_return_dream']:.1f})"),
+        ]
+    if metrics["dream_real_gap"] is not None:
+        rows.append(("dream - real return", f"[bold red]{gap_text(metrics)}[/]" if metrics["large_gap"] else gap_text(metrics)))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """Every section the dream loop reads, built and checked."""
+
+    seed: int
+    trace: TraceConfig
+    columns: TableColumns | None  # of a CSV/Parquet trace file
+    writer: Writer
+    sandbox: SandboxConfig
+    sim: SimConfig
+    policy: MLPPolicyConfig
+    ppo: PPOConfig
+    progress: bool               # a progress bar while PPO trains
+    opsd: OPSDConfig             # enabled: a checkpoint teacher distils into every round's PPO
+    eval: EvalConfig
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> DreamConfig:
+        opsd = build(OPSDConfig, cfg.opsd, "opsd")
+        if opsd.enabled and (opsd.teacher.kind != "checkpoint" or not opsd.teacher.path):
+            raise ValueError("the dream loop distils from a saved veteran: set opsd.teacher.kind=checkpoint and "
+                             f"opsd.teacher.path=RUN_DIR (got kind={opsd.teacher.kind!r}, path={opsd.teacher.path!r}); "
+                             "self_context teachers run in +experiment=opsd_self_context")
+        trace = trace_config(cfg.trace)
+        return cls(seed=cfg.seed, trace=trace, columns=trace_columns(cfg.trace) if trace.kind == "file" else None,
+                   writer=make_writer(cfg.writer), sandbox=SandboxConfig.from_dict(cfg.sandbox), sim=build(SimConfig, cfg.sim, "sim"),
+                   policy=policy_config(cfg.policy, "dream", ("mlp",)), ppo=ppo_config(cfg.algo), progress=cfg.algo.progress,
+                   opsd=opsd, eval=build(EvalConfig, cfg.eval, "eval"))
+
+
+def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
+    """The dream loop (module docstring)."""
+    run_dir, device, stages, logger = run.dir, run.device, run.stages, run.logger
+    opsd, trace, sim_name, eval_config = cfg.opsd, cfg.trace, cfg.sim.name, cfg.eval
+    teacher = Teacher.checkpoint(opsd.teacher.path, device) if opsd.enabled else None
+    if trace.kind == "gym":
+        rounds = list(trace.steps_per_round)
+        recorder = TraceRecorder(gymnasium.make(trace.env_id), path=run_dir / "trace.jsonl")  # appends as it goes
+        session = recorder.trace() if (run_dir / "trace.jsonl").is_file() else None
+    else:  # a file (TraceConfig allows no other kind)
+        session = load_trace(trace.path, cfg.columns)
+        save_trace(session, run_dir / "trace.jsonl")
+        rounds = [None]
+
+    policy: MLPPolicy | None = None
+    round_policies: dict[int, dict] = {}  # round -> its trained task policy (state dict), for the pick at the end
+    explorer = False  # the policy of the round before is an explorer
+    dream_steps, sps, written, last_update = 0, 0.0, None, None
+    env_dir = run_dir / "env"
+    for r, num_steps in enumerate(rounds):
+        round_dir = env_dir if r == len(rounds) - 1 else env_dir / f"round_{r}"
+        previous = written.source if written is not None else None
+        write_stage, ppo_stage = f"round {r + 1} write", f"round {r + 1} PPO"
+        if ppo_stage in stages:  # the round ended before an interruption
+            written = read_written(round_dir, sim_name)
+            policy = MLPPolicy(session.observation_space, session.action_space, cfg.policy).to(device)
+            trained = stages.result(ppo_stage)
+            policy.load_state_dict(trained["policy"])
+            explorer = trained["explorer"]
+            if not explorer:
+                round_policies[r + 1] = trained["policy"]
+            dream_steps += trained["env_steps"]
+            sps, last_update = trained["steps_per_second"], trained["last_update"]
+            continue
+        if num_steps is not None:
+            missing = sum(rounds[:r + 1]) - (0 if session is None else len(session))
+            if missing > 0:
+                console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {missing:,} real steps in {trace.env_id}"
+                              f" acting {'at random' if policy is None else 'with the explorer' if explorer else 'with the dream policy'}")
+                behaviour = None if policy is None else partial(policy.act, deterministic=False)
+                session = record_steps(recorder, missing, cfg.seed + r, behaviour)
+                recorder.reset()  # the episode the round cut short goes to the file now
+        lacking = missing_task_signal(session)
+        explore = lacking is not None and r < len(rounds) - 1 and trace.explore is not None
+        if lacking is not None and not explore:
+            raise NoTaskSignal(
+                f"the session of {trace.env_id or trace.path} ({len(session):,} steps, {session.num_episodes} "
+                f"episodes) shows {lacking}: the goal never happened in it, so no sim written from it can teach the task, "
+                "and none was trained on. Record a longer session (trace.steps_per_round), or bring one that reaches "
+                "the goal (+experiment=from_trace trace.path=...)")
+        if write_stage in stages:
+            stages.result(write_stage)
+            (train_trace, held_out), written = read_split(round_dir, session), read_written(round_dir, sim_name)
+        else:
+            train_trace, held_out = session.split(trace.held_out_fraction, cfg.seed)
+            written = write_sim(cfg.writer, train_trace, held_out, cfg.sandbox, sim_name, round_dir, previous)
+            console.print(f"  writer={cfg.writer.name} ({written.label}): {verdict_line(written.report)}")
+            logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity or {}).items()
+                        if isinstance(v, int | float)}, dream_steps)
+            stages.finish(write_stage)
+        if not written.report.accepted:  # never train in a sim the held-out session refutes
+            if r == len(rounds) - 1:
+                break
+            console.print(f"  no PPO in round {r + 1}: its sim was rejected; round {r + 2} records more of the session "
+                          f"for the writer, acting as round {r + 1} did")
+            continue
+        sim = load_sim(round_dir / f"{sim_name}.py")
+        # A fresh policy in every round: one carried over keeps what the earlier, poorer dream taught it and
+        # PPO does not unlearn it (benchmarks/dream_diagnosis.py); the earlier policy only gathered this round's data.
+        policy = MLPPolicy(session.observation_space, session.action_space, cfg.policy).to(device)
+        stats = train_trace.summary()
+        policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std), stats.num_transitions)
+        if explore:  # this round's policy is the next round's explorer
+            console.print(f"  the session shows {lacking}: training an explorer in the dream, rewarded for novelty")
+            sim = novelty_sim(sim, train_trace.next_obs, trace.explore, cfg.seed + r)
+        envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device)
+        distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
+        before, progress = dream_steps, stages.progress(ppo_stage)
+        result = train_ppo(policy, envs, cfg.ppo, seed=cfg.seed + r,
+                           log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, before + step),
+                           progress=cfg.progress, auxiliary=distill,
+                           checkpoint=partial(stages.save_progress, ppo_stage),
+                           resume=None if progress is None else progress[0])
+        dream_steps += result.env_steps
+        sps, last_update = result.steps_per_second, result.history[-1]
+        stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
+                                  "steps_per_second": sps, "last_update": last_update, "explorer": explore})
+        explorer = explore
+        if not explore:
+            round_policies[r + 1] = copy.deepcopy(policy.state_dict())  # the pick loads others into this module
+        dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
+        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, "
+                      f"{'novelty' if explore else 'dream'} return {dream_return}")
+
+    if trace.kind == "gym":
+        recorder.close()
+        session = load_trace(run_dir / "trace.jsonl")
+    returns, teacher_returns, report, pick = None, None, written.report, None
+    if report.accepted:
+        pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py"), eval_config)
+        policy.cpu().save(run_dir / "policy")
+        if eval_config.env_id:
+            returns = evaluate_policy(policy, gymnasium.make(eval_config.env_id), eval_config.episodes, eval_config.seed)
+            logger.log({"real/return_mean": float(returns.mean())}, dream_steps)
+            if teacher is not None:
+                teacher_returns = evaluate_policy(teacher.model.cpu(), gymnasium.make(eval_config.env_id),
+                                                  eval_config.episodes, eval_config.seed)
+    metrics = {
+        "accepted": report.accepted,
+        "reasons": report.reasons,
+        "writer": cfg.writer.name,
+        "sim_candidate": written.label,
+        "seed": cfg.seed,
+        "real_env_steps": len(session),
+        "dream_env_steps": dream_steps,
+        "dream_steps_per_second": sps,
+        "real_return_mean": None if returns is None else float(returns.mean()),
+        "real_return_std": None if returns is None else float(returns.std()),
+        "real_eval_episodes": 0 if returns is None else len(returns),
+        "real_eval_env": eval_config.env_id,
+        "fidelity": report.fidelity,
+        **dream_vs_real(pick, returns, eval_config.max_gap),
+    }
+    if teacher is not None:
+        metrics["opsd"] = {
+            "setting": "checkpoint", "teacher": str(opsd.teacher.path), "last_update": last_update,
+            "teacher_return_real": None if teacher_returns is None else float(teacher_returns.mean()),
+            "teacher_student_gap_real": None if teacher_returns is None else float(teacher_returns.mean() - returns.mean()),
+        }
+    return metrics, summary_table(metrics)
+
+
+PIPELINE = Pipeline(DreamConfig.from_config, dream)

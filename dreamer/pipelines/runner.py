@@ -1,0 +1,90 @@
+"""Runs a pipeline in its run dir: the part every pipeline shares.
+
+The run dir gets `config.yaml` (resolved) and `metrics.json` (`status: running`) first, then whatever the
+pipeline writes, then the final `metrics.json` (`status: finished`, or `failed`/`interrupted` with the error).
+Rerunning the command into an unfinished run dir resumes it (`dreamer.resume`); a finished one is never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from dreamer.artifacts import write_json, write_text
+from dreamer.config import build, resolve_device, to_plain
+from dreamer.loggers import LoggerConfig, make_logger
+from dreamer.pipelines import dream, opsd_self_context, opsd_veteran, write
+from dreamer.pipelines.config import check_run_config
+from dreamer.pipelines.protocol import Pipeline, Run, Stopped
+from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
+from dreamer.rl import NonFiniteError
+
+console = Console(stderr=True)
+PIPELINES: dict[str, Pipeline] = {"dream": dream.PIPELINE, "opsd_self_context": opsd_self_context.PIPELINE,
+                                  "opsd_veteran": opsd_veteran.PIPELINE, "write": write.PIPELINE}
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Check the config, run `cfg.pipeline` in `run_dir` (resuming the unfinished run there, if any); returns
+    the metrics also written to `run_dir/metrics.json`."""
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    if run_status(run_dir) == "finished":
+        raise FileExistsError(f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir")
+    check_run_config(cfg, "write" if cfg.get("pipeline") == "write" else "train")
+    device = resolve_device(cfg.device)
+    pipeline = PIPELINES[cfg.pipeline]
+    config = pipeline.configure(cfg)  # every section built first: bad values fail here
+    resuming = (run_dir / "config.yaml").is_file()
+    if not resuming and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} is not empty and holds no run (no config.yaml): choose another hydra.run.dir")
+    stages = Stages(run_dir)
+    if resuming:
+        check_same_config(run_dir, cfg)
+        cut_history(run_dir, stages.history_rows)
+        for stale in run_dir.rglob(".*.tmp"):  # an atomic write the interruption cut short
+            stale.unlink()
+        console.print(f"[bold]resuming[/] {run_dir} {stages.where()}")
+    else:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    # a resumed run's wall_seconds and steps/s cover this process only
+    header = {"pipeline": cfg.pipeline, "seed": cfg.seed, "device": str(device), "resumed": stages.where() if resuming else None}
+    write_json(run_dir / METRICS, {"status": "running", **header})
+    torch.manual_seed(cfg.seed)
+    logger = make_logger(build(LoggerConfig, cfg.logger, "logger"), run_dir, to_plain(cfg))
+    try:
+        metrics, summary = pipeline.run(config, Run(run_dir, logger, device, stages))
+    except BaseException as error:  # metrics.json says how the run ended (rerunning the command resumes it)
+        ended = {"status": "failed" if isinstance(error, Exception) else "interrupted", **header,
+                 "error": f"{type(error).__name__}: {error}"}
+        if isinstance(error, NonFiniteError):
+            write_json(run_dir / "nonfinite.json", {"where": error.where, "message": str(error), "details": error.details})
+            ended["nonfinite"] = {"count": 1, "where": error.where, "details": "nonfinite.json"}
+        write_json(run_dir / METRICS, ended)
+        logger.finish()
+        raise
+    metrics.update(status="finished", **header, wall_seconds=time.perf_counter() - start)
+    write_json(run_dir / METRICS, metrics)
+    logger.finish()
+    console.print(summary)
+    console.print(f"wall time {metrics['wall_seconds']:.0f} s; run dir: {run_dir}")
+    return metrics
+
+
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    """`run`, as a command: exits with a message when the pipeline stopped or the sandbox rejected the sim."""
+    try:
+        metrics = run(cfg, run_dir)
+    except Stopped as error:
+        raise SystemExit(f"stopped: {error}") from None
+    if not metrics.get("accepted", True):  # no policy was trained in a sim that the held-out session refutes
+        nrmse = (metrics["fidelity"] or {}).get("obs_nrmse")
+        worst = "" if not nrmse else f" (held-out one-step NRMSE per obs dim: {', '.join(f'{v:.3g}' for v in nrmse)})"
+        trained = " No policy was trained." if cfg.pipeline == "dream" else ""
+        raise SystemExit(f"the sandbox rejected the written sim{worst}: " + "; ".join(metrics["reasons"])
+                         + f".{trained} What can help: a longer session (trace.steps_per_round), a richer library "
+                         f"(writer.degree), or another writer (writer=llm); python -m dreamer.inspect {run_dir} shows the fit")
