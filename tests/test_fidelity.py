@@ -4,11 +4,13 @@ independence (with randomness allowed) and the planning check."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from dreamer.sandbox import validate
+from dreamer.sandbox import SandboxConfig, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = (ROOT / "tests" / "fixtures" / "cartpole_sim.py").read_text()
@@ -82,3 +84,14 @@ def test_planning_check_needs_the_reward_the_trace_reached(held_out, config):
     assert not doomed.checks["planning"]["passed"]
     assert any(reason.startswith("planning: best planned 30-step return") for reason in doomed.reasons)
     assert validate(CARTPOLE, held_out, config, name="off").checks["planning"]["detail"].startswith("off")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("elite_fraction", 0.0, "sandbox.planning.elite_fraction must be in (0, 1], got 0.0"),
+    ("smoothing", 1.0, "sandbox.planning.smoothing must be in [0, 1), got 1.0"),
+])
+def test_the_planning_search_settings_are_checked(key, value, message):
+    values = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sandbox" / "default.yaml"))
+    values["planning"][key] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SandboxConfig.from_dict(values)

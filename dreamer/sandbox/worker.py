@@ -349,7 +349,7 @@ def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Ch
         low, high = torch.clamp(low, min=-1e3), torch.clamp(high, max=1e3)
         mean = ((low + high) / 2).expand(n, horizon, -1).clone()
         std = ((high - low) / 2).expand(n, horizon, -1).clone()
-    elites = max(2, samples // 10)
+    elites = max(2, int(samples * plan.elite_fraction))
     best = torch.full((n,), -math.inf, dtype=torch.float64)
     for _ in range(max(plan.iterations, 1)):
         if discrete:
@@ -373,7 +373,7 @@ def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Ch
         chosen = actions.reshape(n, samples, horizon, *actions.shape[2:])[torch.arange(n)[:, None], top]
         if discrete:
             counts = torch.nn.functional.one_hot(chosen, int(space.n)).double().mean(1)
-            probs = (0.2 * probs + 0.8 * counts).float()
+            probs = (plan.smoothing * probs + (1 - plan.smoothing) * counts).float()
         else:
             mean, std = chosen.mean(1), chosen.std(1) + 1e-3
     planned = float(best.max())
