@@ -33,7 +33,7 @@ from rich.table import Table
 
 from dreamer.artifacts import write_json, write_text
 from dreamer.config import EvalConfig, build, check_run_config, resolve_device, to_plain, trace_columns
-from dreamer.inspect.tables import gap_text
+from dreamer.inspect.tables import gap_text, number
 from dreamer.loggers import Logger, LoggerConfig, make_logger
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.opsd.experiments import self_context, veteran
@@ -42,6 +42,7 @@ from dreamer.rl import (MLPPolicy, MLPPolicyConfig, NonFiniteError, NoveltyConfi
                         novelty_sim, train_ppo)
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import FuncSim, SimVectorEnv
+from dreamer.sim.fidelity import Fidelity
 from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
 from dreamer.writers.stage import read_split, read_written
@@ -120,14 +121,14 @@ def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: f
 
 def summary_table(metrics: dict) -> Table:
     table = Table(title="What the dream bought", show_header=False)
-    fidelity = metrics["fidelity"] or {}
+    fidelity = None if metrics["fidelity"] is None else Fidelity.from_dict(metrics["fidelity"])
     rows = [
         ("accepted sim", str(metrics["accepted"])),
         ("real env steps", f"{metrics['real_env_steps']:,}"),
         ("dream env steps", f"{metrics['dream_env_steps']:,}"),
         ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}"),
-        ("one-step obs NRMSE (held out)", f"{fidelity.get('obs_nrmse_mean', float('nan')):.4g}"),
-        ("termination accuracy (held out)", f"{fidelity.get('termination_accuracy', float('nan')):.4g}"),
+        ("one-step obs NRMSE (held out)", number(fidelity and fidelity.obs_nrmse_mean)),
+        ("termination accuracy (held out)", number(fidelity and fidelity.termination_accuracy)),
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
          else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
     ]
@@ -267,8 +268,8 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
             train_trace, held_out = session.split(cfg.trace.held_out_fraction, cfg.seed)
             written = write_sim(writer, train_trace, held_out, sandbox_config, cfg.sim.name, round_dir, previous)
             console.print(f"  writer={writer.name} ({written.label}): {verdict_line(written.report)}")
-            logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity or {}).items()
-                        if isinstance(v, int | float)}, dream_steps)
+            logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity.to_dict() if written.report.fidelity
+                                                         else {}).items() if isinstance(v, int | float)}, dream_steps)
             stages.finish(write_stage)
         if not written.report.accepted:  # never train in a sim the held-out session refutes
             if r == len(rounds) - 1:
@@ -330,7 +331,7 @@ def run_dream(cfg: DictConfig, run_dir: Path, writer: Writer, sandbox_config: Sa
         "real_return_std": None if returns is None else float(returns.std()),
         "real_eval_episodes": 0 if returns is None else len(returns),
         "real_eval_env": eval_config.env_id,
-        "fidelity": report.fidelity,
+        "fidelity": None if report.fidelity is None else report.fidelity.to_dict(),
         **dream_vs_real(pick, returns, eval_config.max_gap),
     }
     if teacher is not None:
@@ -356,7 +357,7 @@ def main(cfg: DictConfig) -> None:
     except NoTaskSignal as error:
         raise SystemExit(f"stopped: {error}") from None
     if not metrics.get("accepted", True):  # no policy was trained in a sim that the held-out session refutes
-        nrmse = (metrics["fidelity"] or {}).get("obs_nrmse")
+        nrmse = Fidelity.from_dict(metrics["fidelity"]).obs_nrmse if metrics["fidelity"] else ()
         worst = "" if not nrmse else f" (held-out one-step NRMSE per obs dim: {', '.join(f'{v:.3g}' for v in nrmse)})"
         raise SystemExit(f"the sandbox rejected the written sim{worst}: " + "; ".join(metrics["reasons"])
                          + f". No policy was trained. What can help: a longer session (trace.steps_per_round), a richer "

@@ -46,7 +46,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     metrics = {"status": "finished", "pipeline": "write", "accepted": report.accepted, "reasons": report.reasons, "writer": writer.name,
                "sim_candidate": written.label, "seed": cfg.seed, "real_env_steps": len(session),
                "train_episodes": train.num_episodes, "held_out_episodes": held_out.num_episodes,
-               "fidelity": report.fidelity, "wall_seconds": time.perf_counter() - start}
+               "fidelity": None if report.fidelity is None else report.fidelity.to_dict(), "wall_seconds": time.perf_counter() - start}
     write_json(run_dir / "metrics.json", metrics)
     console.print(report_table(report))
     console.print(fidelity_table(report))

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dreamer.config import build
+from dreamer.sim.fidelity import Tolerances
 
 
 @dataclass(frozen=True)
@@ -18,14 +19,6 @@ class FidelityThresholds:
     min_termination_accuracy: float | None  # fraction of transitions whose terminal flag matches
     max_kstep_nrmse: float | None  # open-loop RMSE after `kstep` steps / std(obs), mean over dims
     min_accuracy: float | None  # fraction of transitions right in state, reward and termination
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """When one held-out transition counts as right, in units of the trace's own spread."""
-
-    state: float  # every |predicted - real| next-obs dim <= state * std(next_obs - obs) of that dim
-    reward: float  # |predicted - real| reward <= reward * std(reward)
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,10 @@ class Candidate:
 
     def rank(self) -> tuple:
         """Higher is better: accepted, then checks passed, held-out accuracy, lower NRMSE."""
-        f = self.report.fidelity or {}
-        nrmse = f.get("obs_nrmse_mean")
+        f = self.report.fidelity
+        nrmse = None if f is None else f.obs_nrmse_mean
         return (self.report.accepted, sum(check["passed"] for check in self.report.checks.values()),
-                f.get("accuracy") or 0.0, -nrmse if nrmse is not None and math.isfinite(nrmse) else -math.inf)
+                0.0 if f is None else f.accuracy, -nrmse if nrmse is not None and math.isfinite(nrmse) else -math.inf)
 
 
 
@@ -143,5 +143,5 @@ class LLMWriter:
 
 def verdict(report: SandboxReport) -> str:
     if report.accepted:
-        return f"accepted (accuracy {report.fidelity.get('accuracy', float('nan')):.3g})"
+        return f"accepted (accuracy {report.fidelity.accuracy:.3g})"
     return "rejected (" + (report.reasons[0][:80] if report.reasons else "?") + ")"
