@@ -58,10 +58,12 @@ def candidate_summary(label: str, parent: str | None, report: SandboxReport) -> 
 
 
 def verdict_line(report: SandboxReport) -> str:
-    """"accepted" or "REJECTED", with the headline held-out figures, for the console."""
+    """"accepted" with the headline held-out figures, or "REJECTED" with the first reason, for the console."""
+    if not report.accepted:
+        return "REJECTED (" + (report.reasons[0][:80] if report.reasons else "?") + ")"
     f = report.fidelity
-    return (f"{'accepted' if report.accepted else 'REJECTED'} (one-step NRMSE {_figure(f and f.obs_nrmse_mean)}, "
-            f"termination accuracy {_figure(f and f.termination_accuracy)})")
+    return (f"accepted (accuracy {_figure(f.accuracy)}, one-step NRMSE {_figure(f.obs_nrmse_mean)}, "
+            f"termination accuracy {_figure(f.termination_accuracy)})")
 
 
 def _figure(value: float | None) -> str:
