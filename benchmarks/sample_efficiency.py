@@ -40,6 +40,7 @@ from dreamer.artifacts import write_json
 from dreamer.config import build
 from dreamer.pipelines import compose_config
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, TorchVectorEnv, train_ppo
+from dreamer.sim.fidelity import Fidelity
 
 # experiment -> (min real return on every seed, max real env steps); None: measured, no target
 TARGETS = {"cartpole": (475.0, 5_000), "pendulum": (-200.0, 10_000), "acrobot": None, "mountain_car": None}
@@ -57,7 +58,8 @@ def dream_run(experiment: str, seed: int, root: Path, device: str) -> dict:
         return {**row, "status": "stopped", "reason": reason.removeprefix("stopped: ")}
     keys = ("real_env_steps", "dream_env_steps", "real_return_mean", "real_return_std", "dream_return_mean",
             "random_return_dream", "dream_real_gap", "dream_real_gap_fraction", "large_gap", "picked_round", "wall_seconds")
-    return {**row, **{key: metrics[key] for key in keys}, "obs_nrmse_mean": metrics["fidelity"]["obs_nrmse_mean"]}
+    return {**row, **{key: metrics[key] for key in keys},
+            "obs_nrmse_mean": Fidelity.from_dict(metrics["fidelity"]).obs_nrmse_mean}
 
 
 def random_return(env_id: str, episodes: int, seed: int) -> float:

@@ -46,6 +46,7 @@ from dreamer.rl.ppo import TorchVectorEnv
 from dreamer.sandbox import SandboxConfig, load_sim, validate
 from dreamer.sim import SimVectorEnv
 from dreamer.sim.contract import FuncSim
+from dreamer.sim.fidelity import Fidelity
 from dreamer.traces import collect_trace
 from dreamer.writers import SymbolicWriter, SymbolicWriterConfig
 
@@ -146,7 +147,7 @@ def write_dream_sim(seed: int) -> tuple[FuncSim, dict]:
         "seconds_write": t2 - t1,
         "seconds_validate": t3 - t2,
         "accepted": report.accepted,
-        "fidelity": report.fidelity,
+        "fidelity": report.fidelity.to_dict(),  # measured: the sim was accepted
         "source": source,
     }
     return sim, meta
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
     exact_sim = load_sim(EXACT_SIM)
     console.print(f"  trace {meta['seconds_trace']:.1f} s, write {meta['seconds_write']:.1f} s, "
                   f"validate {meta['seconds_validate']:.1f} s: accepted "
-                  f"(one-step obs NRMSE {meta['fidelity'].get('obs_nrmse_mean', float('nan')):.3g})")
+                  f"(one-step obs NRMSE {Fidelity.from_dict(meta['fidelity']).obs_nrmse_mean:.3g})")
 
     console.print(f"[bold]2/3[/] raw env steps/s at {args.envs} envs, {args.seconds:g} s each ...")
     raw = []

@@ -93,10 +93,10 @@ def export(run_dir: str | Path, target: str | Path) -> str:
         shutil.copyfile(run.env_dir / REPORT_NAME, staging / REPORT_NAME)
         shutil.copyfile(run.path / "config.yaml", staging / "config.yaml")
         (staging / "__init__.py").write_text(MODULE.format(
-            name=name, run_dir=run.path, held_out=fidelity.get("transitions", "the"), env_id=env_id, sim_file=SIM_FILE,
-            nrmse=number(fidelity.get("obs_nrmse_mean")), termination=number(fidelity.get("termination_accuracy")),
-            accuracy=number(fidelity.get("accuracy")), package=package_of(target),
-            per_dim=", ".join(number(value) for value in fidelity.get("obs_nrmse", [])) or "none"))
+            name=name, run_dir=run.path, held_out=fidelity.transitions, env_id=env_id, sim_file=SIM_FILE,
+            nrmse=number(fidelity.obs_nrmse_mean), termination=number(fidelity.termination_accuracy),
+            accuracy=number(fidelity.accuracy), package=package_of(target),
+            per_dim=", ".join(number(value) for value in fidelity.obs_nrmse) or "none"))
         staging.chmod(0o755)  # mkdtemp's is 0o700
         check(staging, env_id)
         staging.rename(target)

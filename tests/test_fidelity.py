@@ -4,11 +4,16 @@ independence (with randomness allowed) and the planning check."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from dreamer.sandbox import validate
+from dreamer.sandbox import SandboxConfig, SandboxReport, validate
+from dreamer.sim.fidelity import Fidelity
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = (ROOT / "tests" / "fixtures" / "cartpole_sim.py").read_text()
@@ -29,10 +34,10 @@ def test_accuracy_is_reported_per_part_with_its_tolerances(held_out, config):
     report = validate(edit(TERMINAL, "    return state[:, 2].abs() > 0.5"), held_out, strict, name="late_end")
     f = report.fidelity
     assert not report.accepted
-    assert f["state_accuracy"] == 1.0 and f["reward_accuracy"] == 1.0
-    assert f["accuracy"] == f["termination_accuracy"] < 1.0
-    assert (f["state_tolerance"], f["reward_tolerance"]) == (config.tolerances.state, config.tolerances.reward)
-    assert f"accuracy = {f['accuracy']:.4g} is below min_accuracy = 0.99" in \
+    assert f.state_accuracy == 1.0 and f.reward_accuracy == 1.0
+    assert f.accuracy == f.termination_accuracy < 1.0
+    assert (f.state_tolerance, f.reward_tolerance) == (config.tolerances.state, config.tolerances.reward)
+    assert f"accuracy = {f.accuracy:.4g} is below min_accuracy = 0.99" in \
         " ".join(report.reasons)
 
 
@@ -54,7 +59,7 @@ def test_counterexamples_are_real_held_out_transitions_of_each_kind_of_error(hel
 
 def test_a_right_sim_has_no_counterexamples(held_out, config):
     report = validate(CARTPOLE, held_out, config, name="cartpole")
-    assert report.accepted and report.counterexamples == [] and report.fidelity["accuracy"] == 1.0
+    assert report.accepted and report.counterexamples == [] and report.fidelity.accuracy == 1.0
 
 
 def test_a_sim_that_looks_across_the_batch_fails_rows_independent(held_out, config):
@@ -75,10 +80,36 @@ def test_planning_check_needs_the_reward_the_trace_reached(held_out, config):
     planning = dataclasses.replace(config, planning=dataclasses.replace(config.planning, horizon=30))
     good = validate(CARTPOLE, held_out, planning, name="cartpole")
     assert good.accepted and good.checks["planning"]["passed"]
-    assert good.fidelity["planning_return"] >= good.fidelity["planning_real_best"] > 20
+    assert good.fidelity.planning_return >= good.fidelity.planning_real_best > 20
+    assert good.fidelity.planning_horizon == 30
     # Next states 10x too large: every planned episode ends after a step or two.
     doomed = validate(edit("    return torch.stack(\n", "    return 10.0 * torch.stack(\n"), held_out, planning,
                       name="doomed")
     assert not doomed.checks["planning"]["passed"]
     assert any(reason.startswith("planning: best planned 30-step return") for reason in doomed.reasons)
     assert validate(CARTPOLE, held_out, config, name="off").checks["planning"]["detail"].startswith("off")
+
+
+def test_fidelity_round_trips_through_json_and_a_wrong_key_is_named(held_out, config, tmp_path):
+    report = validate(CARTPOLE, held_out, config, name="cartpole")
+    f = report.fidelity
+    assert Fidelity.from_dict(f.to_dict()) == f
+    assert Fidelity.from_dict(json.loads(json.dumps(f.to_dict(), allow_nan=False))) == f
+    report.save(tmp_path / "report.json")
+    assert SandboxReport.load(tmp_path / "report.json") == report
+    assert dataclasses.replace(f, obs_nrmse_mean=math.nan, obs_nrmse=(math.inf, 0.5)).to_dict()["obs_nrmse"] == [None, 0.5]
+    with pytest.raises(ValueError, match=re.escape("unknown fidelity figure(s) ['obs_rmse']")):
+        Fidelity.from_dict({**f.to_dict(), "obs_rmse": 0.1})
+    with pytest.raises(ValueError, match=re.escape("missing fidelity figure(s) ['kstep']")):
+        Fidelity.from_dict({key: value for key, value in f.to_dict().items() if key != "kstep"})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("elite_fraction", 0.0, "sandbox.planning.elite_fraction must be in (0, 1], got 0.0"),
+    ("smoothing", 1.0, "sandbox.planning.smoothing must be in [0, 1), got 1.0"),
+])
+def test_the_planning_search_settings_are_checked(key, value, message):
+    values = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sandbox" / "default.yaml"))
+    values["planning"][key] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SandboxConfig.from_dict(values)

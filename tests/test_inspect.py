@@ -32,7 +32,7 @@ def test_a_write_run_reads_back_with_every_artifact(written):
     train, held_out = run.split
     assert len(train) + len(held_out) == len(run.trace) == 1000
     assert not set(train.episode_ids) & set(held_out.episode_ids)
-    assert run.report.accepted and run.report.fidelity["transitions"] == len(held_out)
+    assert run.report.accepted and run.report.fidelity.transitions == len(held_out)
     assert [c["label"] for c in run.candidates] == ["symbolic"] and run.candidates[0]["report"].accepted
     assert run.source == (written / "env" / "dream.py").read_text()
     assert run.history == []  # nothing was trained
@@ -42,10 +42,10 @@ def test_a_write_run_reads_back_with_every_artifact(written):
 def test_one_step_is_the_sandbox_own_figure(written):
     run = Run.load(written)
     step = one_step(run.sim(), run.held_out, SandboxConfig.from_dict(run.config["sandbox"]))
-    np.testing.assert_allclose(step.nrmse, run.report.fidelity["obs_nrmse"], rtol=1e-6)
+    np.testing.assert_allclose(step.nrmse, run.report.fidelity.obs_nrmse, rtol=1e-6)
     counts = step.confusion()
     assert counts.sum() == len(run.held_out)
-    assert np.trace(counts) / counts.sum() == pytest.approx(run.report.fidelity["termination_accuracy"])
+    assert np.trace(counts) / counts.sum() == pytest.approx(run.report.fidelity.termination_accuracy)
 
 
 def test_open_loop_with_the_true_physics_retraces_the_real_episodes(cartpole_source, held_out):

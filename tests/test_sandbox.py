@@ -50,12 +50,12 @@ def test_fixture_sim_is_accepted_with_near_zero_error(accepted):
     assert set(accepted.checks) == {"static", "loads", "spaces", "gymnasium_checker", "shapes_and_dtypes",
                                     "rows_independent", "deterministic", "finite", "fidelity", "planning"}
     assert failed_checks(accepted) == set()
-    assert accepted.fidelity["obs_nrmse_mean"] < 1e-4
-    assert len(accepted.fidelity["obs_nrmse"]) == 4
-    assert accepted.fidelity["termination_accuracy"] == 1.0
-    assert accepted.fidelity["termination_recall"] == 1.0
-    assert accepted.fidelity["reward_nrmse"] < 1e-6
-    assert accepted.fidelity["kstep_windows"] > 0 and accepted.fidelity["kstep_nrmse"] < 1e-4
+    assert accepted.fidelity.obs_nrmse_mean < 1e-4
+    assert len(accepted.fidelity.obs_nrmse) == 4
+    assert accepted.fidelity.termination_accuracy == 1.0
+    assert accepted.fidelity.termination_recall == 1.0
+    assert accepted.fidelity.reward_nrmse < 1e-6
+    assert accepted.fidelity.kstep_windows > 0 and accepted.fidelity.kstep_nrmse < 1e-4
     assert accepted.isolation.startswith(("bwrap (", "subprocess (")), accepted.isolation
     assert "rlimits (AS 4096 MB, CPU 120 s, NPROC +64" in accepted.isolation
     assert accepted.name == "cartpole"
@@ -166,7 +166,7 @@ def test_wrong_physics_fails_fidelity_with_the_figure(held_out, config):
     report = validate(edit("FORCE_MAG = 10.0", "FORCE_MAG = -10.0"), held_out, config, name="backwards")
     assert not report.accepted
     assert failed_checks(report) == {"fidelity"}
-    assert report.fidelity["obs_nrmse_mean"] > config.thresholds.max_obs_nrmse
+    assert report.fidelity.obs_nrmse_mean > config.thresholds.max_obs_nrmse
     assert any(reason.startswith("fidelity: mean obs_nrmse = ") and f"max_obs_nrmse = {config.thresholds.max_obs_nrmse}" in reason
                for reason in report.reasons), report.reasons
     assert any("kstep_nrmse (k=10)" in reason for reason in report.reasons), report.reasons
@@ -175,7 +175,7 @@ def test_wrong_physics_fails_fidelity_with_the_figure(held_out, config):
 def test_a_subtly_wrong_constant_fails_the_open_loop_figure(held_out, config):
     report = validate(edit("GRAVITY = 9.8", "GRAVITY = 3.0"), held_out, config, name="low_gravity")
     assert not report.accepted
-    assert report.fidelity["kstep_nrmse"] > config.thresholds.max_kstep_nrmse
+    assert report.fidelity.kstep_nrmse > config.thresholds.max_kstep_nrmse
     assert any("kstep_nrmse (k=10)" in reason for reason in report.reasons), report.reasons
 
 

@@ -263,7 +263,7 @@ def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
     assert exploited["dream_real_gap_fraction"] == 350 / 480 and exploited["large_gap"]
     assert dream_vs_real(Pick(1, {1: -1000.0}, -900.0), np.array([-1200.0]), 0.25)["dream_real_gap_fraction"] is None
     base = {"accepted": True, "real_env_steps": 5000, "dream_env_steps": 1, "dream_steps_per_second": 1.0,
-            "fidelity": {}, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20}
+            "fidelity": None, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20}
     console = Console(width=200, record=True)
     console.print(summary_table({**base, **exploited}))
     text = console.export_text()

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from dreamer.sandbox import SandboxConfig
-from dreamer.sandbox.worker import HELD_OUT_ARRAYS, HeldOut, predict
 from dreamer.sim import FuncSim, SimVectorEnv, space_to_dict
+from dreamer.sim.fidelity import HELD_OUT_ARRAYS, HeldOut, predict
 from dreamer.traces import Trace
 
 
@@ -45,7 +45,7 @@ def one_step(sim: FuncSim, held_out: Trace, sandbox: SandboxConfig) -> OneStep:
     data = HeldOut.from_arrays({key: getattr(held_out, key) for key in HELD_OUT_ARRAYS},
                                held_out.observation_space.shape, space_to_dict(held_out.action_space))
     with torch.no_grad():
-        p = predict(sim, data, sandbox)
+        p = predict(sim, data, sandbox.seed)
     return OneStep(held_out.next_obs, p.next_obs.float().numpy(), held_out.reward, p.reward.float().numpy(),
                    held_out.terminated, p.terminated.numpy(), p.state_error.pow(2).mean(0).sqrt().numpy())
 

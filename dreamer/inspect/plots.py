@@ -152,11 +152,11 @@ def plot_consolidation(run: dict) -> Figure:
 def plot_nrmse_by_writer(reports: dict[str, SandboxReport], dim_names: Sequence[str] | None = None) -> Figure:
     """Held-out one-step NRMSE per observation dimension, one bar per writer (log scale: lower is better)."""
     figure, ax = plt.subplots(figsize=(8, 3.6))
-    count = max(len(report.fidelity.get("obs_nrmse") or []) for report in reports.values())
+    count = max(len(report.fidelity.obs_nrmse) if report.fidelity else 0 for report in reports.values())
     names = _names(dim_names, count)
     width = 0.8 / len(reports)
     for i, (writer, report) in enumerate(reports.items()):
-        values = [v if v is not None else np.nan for v in report.fidelity.get("obs_nrmse") or [np.nan] * count]
+        values = [np.nan if v is None else v for v in (report.fidelity.obs_nrmse if report.fidelity else [np.nan] * count)]
         verdict = "accepted" if report.accepted else "rejected"
         ax.bar(np.arange(count) + i * width, values, width, label=f"{writer} ({verdict})")
     ax.set(xticks=np.arange(count) + width * (len(reports) - 1) / 2, xticklabels=names, yscale="log",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import fields
 
 from rich.table import Table
 
 from dreamer.sandbox import SandboxReport
+from dreamer.sim.fidelity import Fidelity
 from dreamer.traces import Trace
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -62,10 +64,12 @@ def report_table(report: SandboxReport) -> Table:
 
 
 def fidelity_table(report: SandboxReport) -> Table:
-    """The held-out figures the sandbox measured (NRMSE: RMSE over the std of the real change)."""
+    """The held-out figures the sandbox measured (NRMSE: RMSE over the std of the real change), one
+    row per `Fidelity` field; none when it measured none."""
     table = Table(title="Held-out fidelity", show_header=False)
-    for key, value in (report.fidelity or {}).items():
-        table.add_row(key, ", ".join(map(number, value)) if isinstance(value, list) else number(value))
+    for field in fields(Fidelity) if report.fidelity is not None else ():
+        value = getattr(report.fidelity, field.name)
+        table.add_row(field.name, ", ".join(map(number, value)) if isinstance(value, tuple) else number(value))
     return table
 
 

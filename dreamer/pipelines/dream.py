@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamer.config import build
-from dreamer.inspect.tables import gap_text
+from dreamer.inspect.tables import gap_text, number
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.pipelines.config import EvalConfig, SimConfig, TraceConfig, policy_config, ppo_config, trace_columns, trace_config
 from dreamer.pipelines.protocol import Pipeline, Run, Stopped
@@ -30,6 +30,7 @@ from dreamer.rl import (MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, 
                         train_ppo)
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import FuncSim, SimVectorEnv
+from dreamer.sim.fidelity import Fidelity
 from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
 from dreamer.writers.stage import read_split, read_written
@@ -108,14 +109,14 @@ def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: f
 
 def summary_table(metrics: dict) -> Table:
     table = Table(title="What the dream bought", show_header=False)
-    fidelity = metrics["fidelity"] or {}
+    fidelity = None if metrics["fidelity"] is None else Fidelity.from_dict(metrics["fidelity"])
     rows = [
         ("accepted sim", str(metrics["accepted"])),
         ("real env steps", f"{metrics['real_env_steps']:,}"),
         ("dream env steps", f"{metrics['dream_env_steps']:,}"),
         ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}"),
-        ("one-step obs NRMSE (held out)", f"{fidelity.get('obs_nrmse_mean', float('nan')):.4g}"),
-        ("termination accuracy (held out)", f"{fidelity.get('termination_accuracy', float('nan')):.4g}"),
+        ("one-step obs NRMSE (held out)", number(fidelity and fidelity.obs_nrmse_mean)),
+        ("termination accuracy (held out)", number(fidelity and fidelity.termination_accuracy)),
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
          else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
     ]
@@ -220,8 +221,9 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
             train_trace, held_out = session.split(trace.held_out_fraction, cfg.seed)
             written = write_sim(cfg.writer, train_trace, held_out, cfg.sandbox, sim_name, round_dir, previous)
             console.print(f"  writer={cfg.writer.name} ({written.label}): {verdict_line(written.report)}")
-            logger.log({f"fidelity/{k}": v for k, v in (written.report.fidelity or {}).items()
-                        if isinstance(v, int | float)}, dream_steps)
+            if written.report.fidelity is not None:
+                logger.log({f"fidelity/{k}": v for k, v in written.report.fidelity.to_dict().items()
+                            if isinstance(v, int | float)}, dream_steps)
             stages.finish(write_stage)
         if not written.report.accepted:  # never train in a sim the held-out session refutes
             if r == len(rounds) - 1:
@@ -283,7 +285,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         "real_return_std": None if returns is None else float(returns.std()),
         "real_eval_episodes": 0 if returns is None else len(returns),
         "real_eval_env": eval_config.env_id,
-        "fidelity": report.fidelity,
+        "fidelity": None if report.fidelity is None else report.fidelity.to_dict(),
         **dream_vs_real(pick, returns, eval_config.max_gap),
     }
     if teacher is not None:

@@ -22,6 +22,7 @@ from dreamer.pipelines.config import check_run_config
 from dreamer.pipelines.protocol import Pipeline, Run, Stopped
 from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
 from dreamer.rl import NonFiniteError
+from dreamer.sim.fidelity import Fidelity
 
 console = Console(stderr=True)
 PIPELINES: dict[str, Pipeline] = {"dream": dream.PIPELINE, "opsd_self_context": opsd_self_context.PIPELINE,
@@ -82,7 +83,7 @@ def main(cfg: DictConfig, run_dir: Path) -> None:
     except Stopped as error:
         raise SystemExit(f"stopped: {error}") from None
     if not metrics.get("accepted", True):  # no policy was trained in a sim that the held-out session refutes
-        nrmse = (metrics["fidelity"] or {}).get("obs_nrmse")
+        nrmse = Fidelity.from_dict(metrics["fidelity"]).obs_nrmse if metrics["fidelity"] else ()
         worst = "" if not nrmse else f" (held-out one-step NRMSE per obs dim: {', '.join(f'{v:.3g}' for v in nrmse)})"
         trained = " No policy was trained." if cfg.pipeline == "dream" else ""
         raise SystemExit(f"the sandbox rejected the written sim{worst}: " + "; ".join(metrics["reasons"])

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dreamer.config import build
+from dreamer.sim.fidelity import Tolerances
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,6 @@ class FidelityThresholds:
 
 
 @dataclass(frozen=True)
-class Tolerances:
-    """When one held-out transition counts as right, in units of the trace's own spread."""
-
-    state: float  # every |predicted - real| next-obs dim <= state * std(next_obs - obs) of that dim
-    reward: float  # |predicted - real| reward <= reward * std(reward)
-
-
-@dataclass(frozen=True)
 class PlanningConfig:
     """The planning check: CEM over open-loop action sequences inside the candidate."""
 
@@ -37,6 +30,8 @@ class PlanningConfig:
     iterations: int
     starts: int  # held-out episode starts planned from
     tolerance: float  # pass when planned >= best real `horizon`-step return - tolerance * max(1, |that|)
+    elite_fraction: float  # share of each iteration's samples refitted to (at least 2), in (0, 1]
+    smoothing: float  # weight kept on the old discrete action probabilities at each refit, in [0, 1)
 
 
 @dataclass(frozen=True)
@@ -79,6 +74,10 @@ class SandboxConfig:
             value = getattr(config.planning, key.split(".")[1])
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"sandbox.{key} must be a non-negative int, got {value!r}")
+        if not 0 < config.planning.elite_fraction <= 1:
+            raise ValueError(f"sandbox.planning.elite_fraction must be in (0, 1], got {config.planning.elite_fraction!r}")
+        if not 0 <= config.planning.smoothing < 1:
+            raise ValueError(f"sandbox.planning.smoothing must be in [0, 1), got {config.planning.smoothing!r}")
         for key, value in (("timeout_s", config.timeout_s), ("max_output_mb", config.max_output_mb),
                            ("tolerances.state", config.tolerances.state),
                            ("tolerances.reward", config.tolerances.reward)):

@@ -25,8 +25,8 @@ from dreamer.artifacts import write_json
 from dreamer.sandbox.config import SandboxConfig
 from dreamer.sandbox.isolation import Isolated, cancel_on, run_isolated
 from dreamer.sandbox.static import check_source
-from dreamer.sandbox.worker import HELD_OUT_ARRAYS
 from dreamer.sim.contract import space_to_dict
+from dreamer.sim.fidelity import HELD_OUT_ARRAYS, Fidelity
 
 if TYPE_CHECKING:  # the worker imports this package: it must not pay for the trace readers
     from dreamer.traces import Trace
@@ -46,7 +46,7 @@ class SandboxReport:
     accepted: bool
     reasons: list[str]
     checks: dict[str, dict]  # check name -> {"passed": bool, "detail": str}
-    fidelity: dict  # held-out figures (see dreamer.sandbox.worker.fidelity_figures), {} if not run
+    fidelity: Fidelity | None  # the held-out figures, None if the fidelity check did not get that far
     isolation: str
     seconds: float
     name: str
@@ -56,7 +56,7 @@ class SandboxReport:
     counterexamples: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "fidelity": None if self.fidelity is None else self.fidelity.to_dict()}
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (NaN/inf as null)."""
@@ -66,7 +66,8 @@ class SandboxReport:
     def load(cls, path: str | Path) -> SandboxReport:
         values = json.loads(Path(path).read_text())
         values.setdefault("attempts", 0 if values["isolation"] == STATIC_ONLY else 1)  # saved before `attempts`
-        return cls(**values)
+        fidelity = None if values["fidelity"] is None else Fidelity.from_dict(values["fidelity"])
+        return cls(**{**values, "fidelity": fidelity})
 
 
 def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "sim") -> SandboxReport:
@@ -77,7 +78,7 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
     lines = [f"{name}:{v.line}:{v.col}: {v.message}" for v in violations]
     static = {"passed": not violations, "detail": "\n".join(lines) or "the source passes the allowlist"}
     if violations:
-        return SandboxReport(False, [f"unsafe source: {line}" for line in lines], {"static": static}, {},
+        return SandboxReport(False, [f"unsafe source: {line}" for line in lines], {"static": static}, None,
                              STATIC_ONLY, time.monotonic() - start, name, attempts=0)
     for attempt in range(1, ATTEMPTS + 1):
         run = _run_worker(source, held_out, config, name)
@@ -88,12 +89,13 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
         if run.killed_from_outside:
             failure += f"; retried, and each of the {attempt} attempts was killed that way"
         failure += f"; stderr ends:\n{run.stderr_tail}" if run.stderr_tail else ""
-        return SandboxReport(False, [failure], {"static": static}, {}, run.isolation, time.monotonic() - start, name,
+        return SandboxReport(False, [failure], {"static": static}, None, run.isolation, time.monotonic() - start, name,
                              attempts=attempt)
     checks = {"static": static, **result["checks"]}
     reasons = list(result["reasons"])
     accepted = not reasons and all(check["passed"] for check in checks.values())
-    return SandboxReport(accepted, reasons, checks, result["fidelity"], run.isolation, time.monotonic() - start, name,
+    fidelity = None if result["fidelity"] is None else Fidelity.from_dict(result["fidelity"])
+    return SandboxReport(accepted, reasons, checks, fidelity, run.isolation, time.monotonic() - start, name,
                          attempts=attempt, counterexamples=result.get("counterexamples", []))
 
 

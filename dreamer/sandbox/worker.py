@@ -7,8 +7,8 @@ Reads one JSON request from stdin:
 
 runs the validation suite on the untrusted sim and writes one JSON result to stdout:
 
-    {"checks": {name: {"passed": bool, "detail": str}}, "fidelity": {figure: value}, "reasons": [str],
-     "counterexamples": [transition dict, worst first]}
+    {"checks": {name: {"passed": bool, "detail": str}}, "fidelity": `Fidelity.to_dict()` or null (not
+     measured), "reasons": [str], "counterexamples": [transition dict, worst first]}
 
 The sim cannot write to the result: fd 1 is pointed at stderr before any sim code runs, and the
 result goes to a private duplicate of the original stdout.
@@ -22,8 +22,8 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -32,16 +32,15 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector.utils import batch_space
 
 from dreamer.artifacts import finite_or_none
-from dreamer.sandbox.config import SandboxConfig
+from dreamer.sandbox.config import FidelityThresholds, SandboxConfig
 from dreamer.sandbox.static import check_source
 from dreamer.sim import FuncSim, SimEnv, SimVectorEnv
+from dreamer.sim.fidelity import Fidelity, HeldOut, counterexamples, measure_fidelity, predict, seeded_generator
 
 CHECKS = ("loads", "spaces", "gymnasium_checker", "shapes_and_dtypes", "rows_independent",
           "deterministic", "finite", "fidelity", "planning")
-SIGNIFICANT_DIGITS = 6  # of the numbers in counterexamples
 MAX_DETAIL_CHARS = 4000
 ROW_ATOL = 1e-5  # rows_independent tolerance (float32 kernels may differ in the last bits)
-HELD_OUT_ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "episode")  # what the suite reads
 
 
 @dataclass
@@ -51,32 +50,6 @@ class Check:
     passed: bool
     detail: str
     reasons: list[str] = field(default_factory=list)
-
-
-@dataclass
-class HeldOut:
-    """The held-out transitions as tensors (see `dreamer.traces.Trace` for shapes)."""
-
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    next_obs: torch.Tensor
-    terminated: torch.Tensor
-    episode: torch.Tensor
-    observation_shape: tuple[int, ...]
-    action_space: dict
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], observation_shape, action_space: dict) -> HeldOut:
-        """From the `HELD_OUT_ARRAYS` of a Trace (or of the NPZ the sandbox writes)."""
-        return cls(**{key: torch.from_numpy(np.asarray(arrays[key])) for key in HELD_OUT_ARRAYS},
-                   observation_shape=tuple(observation_shape), action_space=action_space)
-
-
-def _generator(seed: int) -> torch.Generator:
-    rng = torch.Generator()
-    rng.manual_seed(seed)
-    return rng
 
 
 def _random_actions(sim: FuncSim, n: int, seed: int) -> torch.Tensor:
@@ -128,7 +101,7 @@ def check_gymnasium(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> C
 def check_shapes(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Check:
     """Each function's output against the contract on a batch of `batch_check_size`."""
     n, obs_dim = config.batch_check_size, held_out.observation_shape[0]
-    rng = _generator(config.seed)
+    rng = seeded_generator(config.seed)
     problems = []
 
     def expect(function: str, value, shape: tuple, dtype: torch.dtype) -> None:
@@ -159,7 +132,7 @@ def check_rows_independent(sim: FuncSim, held_out: HeldOut, config: SandboxConfi
     changed_state[:half], changed_action[:half] = state[half:], action[half:]
 
     def outputs(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rng = _generator(config.seed)
+        rng = seeded_generator(config.seed)
         next_state = sim.transition(state, action, rng)
         return next_state, sim.reward(state, action, next_state, rng), sim.terminal(next_state, rng)
 
@@ -209,128 +182,10 @@ def check_finite(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Chec
     return Check(True, f"obs and rewards stay finite over {config.rollout_envs}x{config.rollout_steps} steps")
 
 
-def _rmse(error: torch.Tensor) -> torch.Tensor:
-    """Per-column RMSE of an (N, D) error."""
-    return error.double().pow(2).mean(0).sqrt()
-
-
-def _scale(values: torch.Tensor) -> torch.Tensor:
-    """Per-column population std of (N, D) values, zero replaced by 1.0."""
-    std = values.double().std(0, correction=0)
-    return torch.where(std > 0, std, torch.ones_like(std))
-
-
-@dataclass
-class Predictions:
-    """The sim's one-step predictions on every held-out transition (reward and terminal on the real next_obs)."""
-
-    next_obs: torch.Tensor  # (N, O)
-    reward: torch.Tensor  # (N,)
-    terminated: torch.Tensor  # (N,) bool
-    state_error: torch.Tensor  # (N, O) |predicted - real| next_obs / std(next_obs - obs) per dim
-    reward_error: torch.Tensor  # (N,) |predicted - real| reward / reward scale
-
-
-def predict(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Predictions:
-    h, rng = held_out, _generator(config.seed)
-    action = sim.action_tensor(h.action, torch.device("cpu"))
-    next_obs = sim.observation(sim.transition(h.obs, action, rng), rng)
-    reward = sim.reward(h.obs, action, h.next_obs, rng)
-    terminated = sim.terminal(h.next_obs, rng).bool()
-    return Predictions(next_obs, reward, terminated,
-                       (next_obs - h.next_obs).double().abs() / _scale(h.next_obs - h.obs),
-                       (reward.double() - h.reward.double()).abs() / _reward_scale(h.reward))
-
-
-def _reward_scale(reward: torch.Tensor) -> float:
-    """std(reward), or max(1, |mean|) for a (nearly) constant reward."""
-    std = float(reward.double().std(correction=0))
-    return std if std >= 1e-6 else max(1.0, abs(float(reward.double().mean())))
-
-
-def fidelity_figures(sim: FuncSim, held_out: HeldOut, config: SandboxConfig, p: Predictions) -> dict:
-    """Held-out accuracy; the sim state is the observation. Reward and termination are scored on
-    the real next_obs, so each figure measures one function."""
-    h, rng, k, tol = held_out, _generator(config.seed), config.kstep, config.tolerances
-    action = sim.action_tensor(h.action, torch.device("cpu"))
-    obs_nrmse = p.state_error.pow(2).mean(0).sqrt()
-    reward_rmse = float(_rmse((p.reward.double() - h.reward.double())[:, None]))
-    termination_right = p.terminated == h.terminated
-    state_right = (p.state_error <= tol.state).all(-1)
-    reward_right = p.reward_error <= tol.reward
-
-    # Windows (t, t+k) inside one episode with no termination among transitions t..t+k-2.
-    starts = torch.arange(max(len(h.obs) - k + 1, 0))
-    ended = torch.cat([torch.zeros(1, dtype=torch.long), h.terminated.long().cumsum(0)])
-    starts = starts[(h.episode[starts] == h.episode[starts + k - 1]) & (ended[starts + k - 1] == ended[starts])]
-    kstep_nrmse = None
-    if len(starts):
-        state = h.obs[starts]
-        for step in range(k):
-            state = sim.transition(state, action[starts + step], rng)
-        error = sim.observation(state, rng) - h.next_obs[starts + k - 1]
-        kstep_nrmse = float((_rmse(error) / _scale(h.obs)).mean())
-    return {
-        "transitions": len(h.obs),
-        "obs_nrmse": obs_nrmse.tolist(),
-        "obs_nrmse_mean": float(obs_nrmse.mean()),
-        "reward_rmse": reward_rmse,
-        "reward_nrmse": reward_rmse / _reward_scale(h.reward),
-        "termination_accuracy": float(termination_right.double().mean()),
-        "termination_recall": float(p.terminated[h.terminated].double().mean()) if h.terminated.any() else None,
-        "state_accuracy": float(state_right.double().mean()),
-        "reward_accuracy": float(reward_right.double().mean()),
-        "accuracy": float((state_right & reward_right & termination_right).double().mean()),
-        "state_tolerance": tol.state,
-        "reward_tolerance": tol.reward,
-        "kstep": k,
-        "kstep_windows": len(starts),
-        "kstep_nrmse": kstep_nrmse,
-    }
-
-
-def counterexamples(held_out: HeldOut, p: Predictions, config: SandboxConfig) -> list[dict]:
-    """Up to `config.counterexamples` wrong transitions, taken in turn from the worst in state,
-    in reward and in termination, so each kind of error the sim makes is shown."""
-    h, tol = held_out, config.tolerances
-    state_score = torch.nan_to_num((p.state_error / tol.state).amax(-1), nan=math.inf)
-    reward_score = torch.nan_to_num(p.reward_error / tol.reward, nan=math.inf)
-    rankings = [torch.argsort(score, descending=True, stable=True)[:int((score > 1).sum())].tolist()
-                for score in (state_score, reward_score)]
-    rankings.append(torch.nonzero(p.terminated != h.terminated).flatten().tolist())
-    chosen: list[int] = []
-    while len(chosen) < config.counterexamples and any(rankings):
-        for ranking in rankings:
-            while ranking and ranking[0] in chosen:
-                ranking.pop(0)
-            if ranking and len(chosen) < config.counterexamples:
-                chosen.append(ranking.pop(0))
-
-    def rounded(value: torch.Tensor):
-        if value.dtype == torch.bool:
-            return value.tolist()
-        return np.vectorize(lambda x: float(f"{x:.{SIGNIFICANT_DIGITS}g}"), otypes=[float])(
-            value.double().numpy()).tolist()
-
-    return [{
-        "index": i,
-        "episode": int(h.episode[i]),
-        "obs": rounded(h.obs[i]),
-        "action": rounded(h.action[i]) if h.action.is_floating_point() else int(h.action[i]),
-        "next_obs": rounded(h.next_obs[i]),
-        "predicted_next_obs": rounded(p.next_obs[i]),
-        "reward": rounded(h.reward[i]),
-        "predicted_reward": rounded(p.reward[i]),
-        "terminated": bool(h.terminated[i]),
-        "predicted_terminated": bool(p.terminated[i]),
-        "wrong": [part for part, wrong in (("state", state_score[i] > 1), ("reward", reward_score[i] > 1),
-                                           ("termination", p.terminated[i] != h.terminated[i])) if wrong],
-    } for i in chosen]
-
-
-def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Check, dict]:
+def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Check, float, float]:
     """CEM over open-loop action sequences from held-out episode starts, inside the sim; it must
-    reach the best `horizon`-step return the trace shows from an episode start."""
+    reach the best `horizon`-step return the trace shows from an episode start. Returns the check,
+    the best planned return and that best real return."""
     plan, h = config.planning, held_out
     first = torch.ones(len(h.episode), dtype=torch.bool)
     first[1:] = h.episode[1:] != h.episode[:-1]
@@ -339,7 +194,7 @@ def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Ch
                     for row in start_rows.tolist())
     starts = h.obs[start_rows[:plan.starts]]
     n, samples, horizon = len(starts), plan.samples, plan.horizon
-    rng = _generator(config.seed)
+    rng = seeded_generator(config.seed)
     space = sim.action_space
     discrete = isinstance(space, spaces.Discrete)
     if discrete:
@@ -349,7 +204,7 @@ def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Ch
         low, high = torch.clamp(low, min=-1e3), torch.clamp(high, max=1e3)
         mean = ((low + high) / 2).expand(n, horizon, -1).clone()
         std = ((high - low) / 2).expand(n, horizon, -1).clone()
-    elites = max(2, samples // 10)
+    elites = max(2, int(samples * plan.elite_fraction))
     best = torch.full((n,), -math.inf, dtype=torch.float64)
     for _ in range(max(plan.iterations, 1)):
         if discrete:
@@ -373,29 +228,26 @@ def planning(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> tuple[Ch
         chosen = actions.reshape(n, samples, horizon, *actions.shape[2:])[torch.arange(n)[:, None], top]
         if discrete:
             counts = torch.nn.functional.one_hot(chosen, int(space.n)).double().mean(1)
-            probs = (0.2 * probs + 0.8 * counts).float()
+            probs = (plan.smoothing * probs + (1 - plan.smoothing) * counts).float()
         else:
             mean, std = chosen.mean(1), chosen.std(1) + 1e-3
     planned = float(best.max())
     needed = real_best - plan.tolerance * max(1.0, abs(real_best))
-    figures = {"planning_horizon": horizon, "planning_return": planned, "planning_real_best": real_best}
     detail = (f"best planned {horizon}-step return {planned:.4g} from {n} held-out starts; "
               f"the trace reached {real_best:.4g}, so at least {needed:.4g} is needed")
     if not planned >= needed:
-        return Check(False, detail, [f"planning: {detail}"]), figures
-    return Check(True, detail), figures
+        return Check(False, detail, [f"planning: {detail}"]), planned, real_best
+    return Check(True, detail), planned, real_best
 
 
-def fidelity_failures(figures: dict, config: SandboxConfig) -> list[str]:
+def fidelity_failures(f: Fidelity, t: FidelityThresholds) -> list[str]:
     """One reason per threshold the figures miss (NaN misses every threshold; None is unmeasured)."""
-    t = config.thresholds
-    limits = (("mean obs_nrmse", figures["obs_nrmse_mean"], "max_obs_nrmse", t.max_obs_nrmse, "above"),
-              ("accuracy", figures["accuracy"], "min_accuracy", t.min_accuracy, "below"),
-              ("reward_nrmse", figures["reward_nrmse"], "max_reward_nrmse", t.max_reward_nrmse, "above"),
-              ("termination_accuracy", figures["termination_accuracy"], "min_termination_accuracy",
+    limits = (("mean obs_nrmse", f.obs_nrmse_mean, "max_obs_nrmse", t.max_obs_nrmse, "above"),
+              ("accuracy", f.accuracy, "min_accuracy", t.min_accuracy, "below"),
+              ("reward_nrmse", f.reward_nrmse, "max_reward_nrmse", t.max_reward_nrmse, "above"),
+              ("termination_accuracy", f.termination_accuracy, "min_termination_accuracy",
                t.min_termination_accuracy, "below"),
-              (f"kstep_nrmse (k={config.kstep})", figures["kstep_nrmse"], "max_kstep_nrmse", t.max_kstep_nrmse,
-               "above"))
+              (f"kstep_nrmse (k={f.kstep})", f.kstep_nrmse, "max_kstep_nrmse", t.max_kstep_nrmse, "above"))
     failures = []
     for figure, value, threshold, limit, side in limits:
         if limit is None or value is None:
@@ -413,7 +265,7 @@ def run_suite(request: dict) -> dict:
     with np.load(request["held_out"], allow_pickle=False) as arrays:
         held_out = HeldOut.from_arrays(arrays, request["observation_shape"], request["action_space"])
     checks: dict[str, Check] = {}
-    figures: dict = {}
+    measured: Fidelity | None = None  # set by the fidelity check, its planning figures by the planning check
 
     def guarded(name: str, run: Callable[[], Check]) -> None:
         try:
@@ -431,19 +283,23 @@ def run_suite(request: dict) -> dict:
     examples: list[dict] = []
 
     def fidelity() -> Check:
-        predictions = predict(sim, held_out, config)
-        figures.update(fidelity_figures(sim, held_out, config, predictions))
-        examples.extend(counterexamples(held_out, predictions, config))
-        failures = fidelity_failures(figures, config)
-        summary = ", ".join(f"{key} {figures[key]!r}" for key in
-                            ("obs_nrmse_mean", "reward_nrmse", "termination_accuracy", "accuracy", "kstep_nrmse"))
+        nonlocal measured
+        predictions = predict(sim, held_out, config.seed)
+        measured = f = measure_fidelity(sim, held_out, predictions, config.tolerances, config.kstep, config.seed)
+        examples.extend(counterexamples(held_out, predictions, config.tolerances, config.counterexamples))
+        failures = fidelity_failures(f, config.thresholds)
+        summary = (f"obs_nrmse_mean {f.obs_nrmse_mean!r}, reward_nrmse {f.reward_nrmse!r}, termination_accuracy "
+                   f"{f.termination_accuracy!r}, accuracy {f.accuracy!r}, kstep_nrmse {f.kstep_nrmse!r}")
         return Check(not failures, "; ".join(failures) or f"within thresholds: {summary}", failures)
 
     def planned() -> Check:
         if config.planning.horizon == 0:
             return Check(True, "off (sandbox.planning.horizon = 0)")
-        check, planning_figures = planning(sim, held_out, config)
-        figures.update(planning_figures)
+        nonlocal measured
+        check, planned_return, real_best = planning(sim, held_out, config)
+        if measured is not None:  # None when the fidelity check raised
+            measured = replace(measured, planning_horizon=config.planning.horizon, planning_return=planned_return,
+                               planning_real_best=real_best)
         return check
 
     suite = {"spaces": check_spaces, "gymnasium_checker": check_gymnasium, "shapes_and_dtypes": check_shapes,
@@ -461,7 +317,8 @@ def run_suite(request: dict) -> dict:
     reasons = [reason for name, check in ran.items() if not check.passed
                for reason in (check.reasons or [f"{name} failed: {check.detail.strip().splitlines()[-1][:300]}"])]
     return {"checks": {name: {"passed": c.passed, "detail": c.detail} for name, c in checks.items()},
-            "fidelity": finite_or_none(figures), "reasons": reasons, "counterexamples": finite_or_none(examples)}
+            "fidelity": None if measured is None else measured.to_dict(), "reasons": reasons,
+            "counterexamples": finite_or_none(examples)}
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from dreamer.artifacts import write_json, write_text
 from dreamer.sandbox import SandboxReport
 from dreamer.writers.backends import Backend, Request
 from dreamer.writers.prompting import Templates, extract_code, feedback_prompt, session_prompt
-from dreamer.writers.protocol import Written, WriteTask, candidate_summary, save_candidate
+from dreamer.writers.protocol import Written, WriteTask, candidate_summary, save_candidate, verdict_line
 from dreamer.writers.symbolic import SymbolicWriter, SymbolicWriterConfig
 
 console = Console(stderr=True)
@@ -72,10 +72,10 @@ class Candidate:
 
     def rank(self) -> tuple:
         """Higher is better: accepted, then checks passed, held-out accuracy, lower NRMSE."""
-        f = self.report.fidelity or {}
-        nrmse = f.get("obs_nrmse_mean")
+        f = self.report.fidelity
+        nrmse = None if f is None else f.obs_nrmse_mean
         return (self.report.accepted, sum(check["passed"] for check in self.report.checks.values()),
-                f.get("accuracy") or 0.0, -nrmse if nrmse is not None and math.isfinite(nrmse) else -math.inf)
+                0.0 if f is None else f.accuracy, -nrmse if nrmse is not None and math.isfinite(nrmse) else -math.inf)
 
 
 
@@ -101,7 +101,7 @@ class LLMWriter:
             answer = f"```python\n{task.previous.strip()}\n```\n"
             pool.append(Candidate("previous", None, answer, task.previous, report))
             save_candidate(audit, "previous", task.previous, report)
-            console.print(f"  previous round's sim on the new data: {verdict(report)}")
+            console.print(f"  previous round's sim on the new data: {verdict_line(report)}")
         iterations_run = 0
         for iteration in range(1, cfg.iterations + 1):
             if any(candidate.report.accepted for candidate in pool):
@@ -124,7 +124,7 @@ class LLMWriter:
                 self.save(candidate, request, audit)
                 pool.append(candidate)
             console.print(f"  iteration {iteration}/{cfg.iterations}: "
-                          + ", ".join(verdict(report) for report in reports))
+                          + ", ".join(verdict_line(report) for report in reports))
         best = max(pool, key=Candidate.rank)
         write_json(audit / "selection.json", {
             "backend": self.backend.name, "config": asdict(cfg), "iterations_run": iterations_run,
@@ -139,9 +139,3 @@ class LLMWriter:
         write_text(folder / "prompt.md", "\n\n".join(f"## {message['role']}\n\n{message['content']}"
                                                      for message in request.messages) + "\n")
         write_text(folder / "completion.md", candidate.completion)
-
-
-def verdict(report: SandboxReport) -> str:
-    if report.accepted:
-        return f"accepted (accuracy {report.fidelity.get('accuracy', float('nan')):.3g})"
-    return "rejected (" + (report.reasons[0][:80] if report.reasons else "?") + ")"

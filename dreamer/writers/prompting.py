@@ -8,6 +8,7 @@ The templates live in `dreamer/writers/templates/` (or the directory `writer.pro
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -152,8 +153,8 @@ def session_prompt(templates: Templates, trace: Trace, transitions: int, seed: i
     })
 
 
-def shown(value: float | list[float]) -> str:
-    return vector(value) if isinstance(value, list) else number(value)
+def shown(value: float | Sequence[float]) -> str:
+    return vector(value) if isinstance(value, list | tuple) else number(value)
 
 
 def counterexample_line(example: dict) -> str:
@@ -171,17 +172,17 @@ def feedback_prompt(templates: Templates, report: SandboxReport) -> str:
     if not failed and report.reasons:  # the worker did not come back (timeout, memory, ...)
         failures = "\n".join(f"- {reason}" for reason in report.reasons)
     f = report.fidelity
-    if f:
+    if f is not None:
         fidelity = "\n".join(f"- {key}: {'not measured' if value is None else shown(value)}" for key, value in (
-            ("one-step next_obs NRMSE per dim (RMSE / std of next_obs - obs)", f["obs_nrmse"]),
-            ("reward NRMSE", f["reward_nrmse"]), ("termination accuracy", f["termination_accuracy"]),
-            ("accuracy (state, reward and termination all right)", f["accuracy"]),
-            (f"{f['kstep']}-step open-loop NRMSE", f["kstep_nrmse"])))
+            ("one-step next_obs NRMSE per dim (RMSE / std of next_obs - obs)", f.obs_nrmse),
+            ("reward NRMSE", f.reward_nrmse), ("termination accuracy", f.termination_accuracy),
+            ("accuracy (state, reward and termination all right)", f.accuracy),
+            (f"{f.kstep}-step open-loop NRMSE", f.kstep_nrmse)))
     else:
         fidelity = "not measured: the simulator did not get that far."
     if report.counterexamples:
         counterexamples = "\n".join(counterexample_line(example) for example in report.counterexamples)
-    elif f:
+    elif f is not None:
         counterexamples = "none: every held-out transition is within tolerance."
     else:
         counterexamples = "none available: the simulator did not get that far."
@@ -189,9 +190,9 @@ def feedback_prompt(templates: Templates, report: SandboxReport) -> str:
         "verdict": "accepted" if report.accepted else "rejected",
         "failures": failures or "none",
         "fidelity": fidelity,
-        "tolerances": (f"a transition is right when every next_obs dim is within {f['state_tolerance']} std of "
-                       f"next_obs - obs, the reward within {f['reward_tolerance']} std, and the flag matches")
-        if f else "not measured",
+        "tolerances": (f"a transition is right when every next_obs dim is within {f.state_tolerance} std of "
+                       f"next_obs - obs, the reward within {f.reward_tolerance} std, and the flag matches")
+        if f is not None else "not measured",
         "counterexamples": counterexamples,
     })
 

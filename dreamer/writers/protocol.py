@@ -10,9 +10,6 @@ from dreamer.artifacts import write_text
 from dreamer.sandbox import SandboxConfig, SandboxReport, validate_many
 from dreamer.traces import Trace
 
-SUMMARY_FIGURES = ("accuracy", "obs_nrmse_mean", "reward_nrmse", "termination_accuracy", "kstep_nrmse")
-
-
 @dataclass(frozen=True)
 class WriteTask:
     """Write a sim of `train` that the sandbox accepts on the unseen episodes of `held_out`."""
@@ -53,15 +50,22 @@ def save_candidate(audit_dir: Path, label: str, source: str, report: SandboxRepo
 
 
 def candidate_summary(label: str, parent: str | None, report: SandboxReport) -> dict:
-    """One candidate's line in the trail's `selection.json`: verdict, reasons and held-out figures."""
-    figures = report.fidelity or {}
+    """One candidate's line in the trail's `selection.json`: verdict, reasons and headline held-out figures."""
+    f = report.fidelity
     return {"label": label, "parent": parent, "accepted": report.accepted, "reasons": report.reasons,
-            **{key: figures.get(key) for key in SUMMARY_FIGURES}}
+            "accuracy": f and f.accuracy, "obs_nrmse_mean": f and f.obs_nrmse_mean, "reward_nrmse": f and f.reward_nrmse,
+            "termination_accuracy": f and f.termination_accuracy, "kstep_nrmse": f and f.kstep_nrmse}
 
 
 def verdict_line(report: SandboxReport) -> str:
-    """"accepted" or "REJECTED", with the headline held-out figures, for the console."""
-    figures = {key: value for key, value in (report.fidelity or {}).items() if value is not None}
-    return (f"{'accepted' if report.accepted else 'REJECTED'} "
-            f"(one-step NRMSE {figures.get('obs_nrmse_mean', float('nan')):.3g}, "
-            f"termination accuracy {figures.get('termination_accuracy', float('nan')):.3g})")
+    """"accepted" with the headline held-out figures, or "REJECTED" with the first reason, for the console."""
+    if not report.accepted:
+        return "REJECTED (" + (report.reasons[0][:80] if report.reasons else "?") + ")"
+    f = report.fidelity
+    return (f"accepted (accuracy {_figure(f.accuracy)}, one-step NRMSE {_figure(f.obs_nrmse_mean)}, "
+            f"termination accuracy {_figure(f.termination_accuracy)})")
+
+
+def _figure(value: float | None) -> str:
+    """A headline figure to 3 significant digits; None (not finite) as nan."""
+    return "nan" if value is None else f"{value:.3g}"
