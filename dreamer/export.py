@@ -15,13 +15,13 @@ import argparse
 import importlib.util
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import gymnasium
 from gymnasium.utils.env_checker import check_env
 
+from dreamer.artifacts import atomic_dir
 from dreamer.inspect.run import Run
 from dreamer.inspect.tables import number
 from dreamer.sandbox import load_sim
@@ -86,9 +86,7 @@ def export(run_dir: str | Path, target: str | Path) -> str:
     load_sim(run.sim_path)  # the static check again, on the file as it is now
     env_id = f"dreamer/{name}-v0"
     fidelity = run.report.fidelity
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(target) as staging:
         shutil.copyfile(run.sim_path, staging / SIM_FILE)
         shutil.copyfile(run.env_dir / REPORT_NAME, staging / REPORT_NAME)
         shutil.copyfile(run.path / "config.yaml", staging / "config.yaml")
@@ -97,12 +95,7 @@ def export(run_dir: str | Path, target: str | Path) -> str:
             nrmse=number(fidelity.obs_nrmse_mean), termination=number(fidelity.termination_accuracy),
             accuracy=number(fidelity.accuracy), package=package_of(target),
             per_dim=", ".join(number(value) for value in fidelity.obs_nrmse) or "none"))
-        staging.chmod(0o755)  # mkdtemp's is 0o700
         check(staging, env_id)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return env_id
 
 

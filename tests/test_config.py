@@ -6,17 +6,13 @@ import torch
 from omegaconf import OmegaConf
 
 from dreamer.config import CONF_DIR, build, resolve_device, type_error
+from dreamer.pipelines import PIPELINES
 from dreamer.pipelines.config import check_run_config, compose_config
-from dreamer.opsd.distill import OPSDConfig
-from dreamer.rl import MLPPolicyConfig, PPOConfig
-from dreamer.rl.sequence import SequencePolicyConfig
-from dreamer.sandbox import SandboxConfig
-from dreamer.writers import make_writer
+from dreamer.rl import PPOConfig
 
 ALGO = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 NEEDS = {"from_trace": ["trace.path=session.jsonl"]}  # values an experiment leaves `???`
-POLICIES = {"mlp": MLPPolicyConfig, "sequence": SequencePolicyConfig}
 LLM = ["writer=llm", "writer.model=coder", "writer.cache_dir=null"]
 WRITE = ["trace.path=session.jsonl"]
 
@@ -26,15 +22,10 @@ def ppo(**overrides) -> PPOConfig:
 
 
 def start(name: str, overrides: list[str]) -> None:
-    """What a run checks before any work: `check_run_config`, then every section built as its stage builds it."""
+    """What a run checks before any work: `check_run_config`, then every section its pipeline reads, built."""
     cfg = compose_config(name, overrides)
     check_run_config(cfg, name)
-    make_writer(cfg.writer)
-    SandboxConfig.from_dict(cfg.sandbox)
-    if name == "train":
-        build(PPOConfig, cfg.algo, "algo", ignore=("kind", "progress"))
-        build(POLICIES[cfg.policy.kind], cfg.policy, "policy", ignore=("kind",))
-        build(OPSDConfig, cfg.opsd, "opsd")
+    PIPELINES[cfg.pipeline].configure(cfg)
 
 
 def refused(name: str, overrides: list[str], message: str) -> None:
@@ -49,7 +40,6 @@ def test_the_shipped_algo_config_builds():
 @pytest.mark.parametrize("name, overrides", [
     ("train", []),
     *[("train", [f"+experiment={experiment}", *NEEDS.get(experiment, [])]) for experiment in EXPERIMENTS],
-    ("train", ["policy=sequence"]),
     ("train", LLM),
     ("write", WRITE),
     ("write", [*WRITE, *LLM]),
@@ -83,8 +73,8 @@ def test_impossible_values_are_refused_with_the_key(overrides, message):
     ("train", ["algo.anneal_lr=1"], "algo.anneal_lr=1 is not a bool"),
     ("train", ["algo.target_kl=high"], "algo.target_kl='high' is not a float or null"),
     ("train", ["policy.hidden_sizes=[64,wide]"], "policy.hidden_sizes[1]='wide' is not an int"),
-    ("train", ["policy=sequence", "policy.codec=bytes"], "policy.codec='bytes' is not one of ['numeric', 'text']"),
-    ("train", ["policy=sequence", "policy.action_names=[1,2]"], "policy.action_names=[1, 2] is not a list of str or null"),
+    ("train", ["+experiment=opsd_self_context", "policy.codec=bytes"], "policy.codec='bytes' is not one of ['numeric', 'text']"),
+    ("train", ["+experiment=opsd_self_context", "policy.action_names=[1,2]"], "policy.action_names=[1, 2] is not a list of str or null"),
     ("train", ["opsd.schedule.kind=cosine"], "opsd.schedule.kind='cosine' is not one of ['constant', 'linear', 'alternating']"),
     ("train", ["opsd.context.builder=notes"], "opsd.context.builder='notes' is not one of ['facts', 'transitions', 'text']"),
     ("train", ["opsd.anchors.states=2.5"], "opsd.anchors.states=2.5 is not an int"),
@@ -100,6 +90,13 @@ def test_impossible_values_are_refused_with_the_key(overrides, message):
     ("train", ["trace.kind=stream"], "trace.kind='stream' is not one of ['gym', 'file']"),
     ("train", ["trace.steps_per_round=[1000,2.5]"], "trace.steps_per_round=[1000, 2.5] is not a list of int or null"),
     ("train", ["logger.kind=wandbb"], "logger.kind='wandbb' is not one of ['wandb', 'none']"),
+    ("train", ["writer.kind=gpt"], "writer.kind='gpt' is not one of ['llm', 'symbolic']"),
+    ("train", ["algo.kind=sac"], "algo.kind='sac' is not one of ['ppo']"),
+    ("train", ["policy.kind=tree"], "policy.kind='tree' is not one of ['mlp', 'sequence']"),
+    ("train", ["policy=sequence"], "pipeline=dream trains policy.kind in ['mlp'], got policy.kind='sequence' (policy=mlp selects it)"),
+    ("train", ["+experiment=opsd_self_context", "policy=mlp"], "pipeline=opsd_self_context trains policy.kind in ['sequence']"),
+    ("train", ["pipeline=write"], "pipeline='write' is not one of ['dream', 'opsd_self_context', 'opsd_veteran']"),
+    ("write", [*WRITE, "pipeline=dream"], "pipeline='dream' is not one of ['write']"),
     ("train", ["logger.mode=offlne"], "logger.mode='offlne' is not one of ['offline', 'online', 'disabled'] or null"),
     ("train", ["logger.init_timeout_s=soon"], "logger.init_timeout_s='soon' is not a float or null"),
     ("write", [*WRITE, "sim.name=7"], "sim.name=7 is not a str"),
@@ -123,7 +120,7 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_allowed_type(name, over
     ("train", ["writer.degree=-1"], "writer: degree must be an int >= 0, got -1"),
     ("train", ["writer.thresholds=[]"], "writer: thresholds must be a non-empty list of numbers >= 0, got []"),
     ("train", ["writer.selection_tolerance=0.5"], "writer: selection_tolerance must be >= 1"),
-    ("train", ["writer.validation_fraction=1.0"], "writer: validation_fraction must be in [0, 1), got 1.0"),
+    ("train", ["writer.validation_fraction=1.0"], "writer: validation_fraction must be in (0, 1), got 1.0"),
     ("train", ["writer.termination_max_depth=0"], "writer: termination_max_depth must be an int >= 1, got 0"),
     ("train", [*LLM, "writer.top_p=0"], "writer: need temperature >= 0 and 0 < top_p <= 1"),
     ("train", [*LLM, "writer.candidates=0"], "writer: candidates must be a positive int, got 0"),
@@ -149,10 +146,10 @@ TRAIN_KEYS = "['algo', 'device', 'eval', 'family', 'logger', 'opsd', 'pipeline',
 @pytest.mark.parametrize("name, overrides, message", [
     ("train", ["+seeed=1"], f"unknown config key(s) ['seeed']; allowed keys: {TRAIN_KEYS}"),
     ("train", ["+eval.episode=3"], "unknown config key(s) ['eval.episode']; allowed keys: ['dream_episodes', 'env_id', 'episodes', 'max_gap', 'seed']"),
-    ("train", ["+trace.steps=100"], "unknown config key(s) ['trace.steps']; allowed keys: ['env_id', 'explore', 'held_out_fraction', 'path',"),
+    ("train", ["+trace.steps=100"], "unknown config key(s) ['trace.steps']; allowed keys: ['env_id', 'explore', 'held_out_fraction', 'kind', 'path',"),
     ("train", ["+trace.columns.reward_column=r"], "unknown config key(s) ['trace.columns']"),
     ("train", ["+opsd.teacher.decay=0.5"], "unknown config key(s) ['opsd.teacher.decay']; allowed keys: ['ema_decay',"),
-    ("write", [*WRITE, "+algo.num_envs=8"], "unknown config key(s) ['algo']; allowed keys: ['device', 'sandbox', 'seed', 'sim', 'trace', 'writer']"),
+    ("write", [*WRITE, "+algo.num_envs=8"], "unknown config key(s) ['algo']; allowed keys: ['device', 'logger', 'pipeline', 'sandbox', 'seed', 'sim', 'trace', 'writer']"),
     ("train", ["~pipeline"], "missing config key(s) ['pipeline']"),
     ("train", ["~eval.seed"], "missing config key(s) ['eval.seed']"),
 ])

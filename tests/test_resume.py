@@ -163,12 +163,13 @@ def test_an_opsd_run_killed_mid_consolidation_resumes_from_its_last_ppo_checkpoi
 def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
     """NaN in training: metrics.json says failed and counts it, the details are saved, the checkpoint kept."""
     from dreamer import pipelines
+    from dreamer.pipelines import dream
 
     def nan_training(*args, checkpoint, **kwargs):
         raise NonFiniteError("env", "the env returned a non-finite reward at env step 1,024 (env 3): ...",
                              {"obs": [0.1, 0.0, 0.0, 0.0], "action": 1, "next_obs": [0.1, 0.0, 0.0, 0.0], "reward": None})
 
-    monkeypatch.setattr(train, "train_ppo", nan_training)
+    monkeypatch.setattr(dream, "train_ppo", nan_training)
     cfg = compose_config("train", [*ARGS, "trace.steps_per_round=[300]"])
     with pytest.raises(NonFiniteError):
         pipelines.run(cfg, tmp_path / "run")
@@ -187,12 +188,13 @@ def test_bad_numbers_fail_the_run_honestly(tmp_path, monkeypatch):
                                            (KeyboardInterrupt(), "interrupted")])
 def test_a_run_that_stops_on_an_error_says_so_and_resumes(tmp_path, monkeypatch, error, status):
     from dreamer import pipelines
+    from dreamer.pipelines import dream
 
     def stopping(*args, **kwargs):
         raise error
 
     cfg = compose_config("train", [*ARGS, "trace.steps_per_round=[300]"])
-    monkeypatch.setattr(train, "train_ppo", stopping)
+    monkeypatch.setattr(dream, "train_ppo", stopping)
     with pytest.raises(type(error)):
         pipelines.run(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -297,4 +297,4 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
     return metrics, summary_table(metrics)
 
 
-PIPELINE = Pipeline(DreamConfig.from_config, dream)
+DREAM = Pipeline(DreamConfig.from_config, dream)

@@ -4,7 +4,6 @@ PPO stages that are monitored and resumable, and fixed observation statistics.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -247,4 +247,4 @@ def self_context_table(summary: dict) -> Table:
     return table
 
 
-PIPELINE = Pipeline(SelfContextConfig.from_config, self_context)
+SELF_CONTEXT = Pipeline(SelfContextConfig.from_config, self_context)

@@ -160,4 +160,4 @@ def veteran(cfg: VeteranConfig, run: Run) -> tuple[dict, Table]:
     return {"opsd": result}, table
 
 
-PIPELINE = Pipeline(VeteranConfig.from_config, veteran)
+VETERAN = Pipeline(VeteranConfig.from_config, veteran)

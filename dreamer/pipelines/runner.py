@@ -16,17 +16,20 @@ from rich.console import Console
 
 from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, resolve_device, to_plain
+from dreamer.inspect.tables import number
 from dreamer.loggers import LoggerConfig, make_logger
-from dreamer.pipelines import dream, opsd_self_context, opsd_veteran, write
 from dreamer.pipelines.config import check_run_config
+from dreamer.pipelines.dream import DREAM
+from dreamer.pipelines.opsd_self_context import SELF_CONTEXT
+from dreamer.pipelines.opsd_veteran import VETERAN
 from dreamer.pipelines.protocol import Pipeline, Run, Stopped
+from dreamer.pipelines.write import WRITE
 from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
 from dreamer.rl import NonFiniteError
 from dreamer.sim.fidelity import Fidelity
 
 console = Console(stderr=True)
-PIPELINES: dict[str, Pipeline] = {"dream": dream.PIPELINE, "opsd_self_context": opsd_self_context.PIPELINE,
-                                  "opsd_veteran": opsd_veteran.PIPELINE, "write": write.PIPELINE}
+PIPELINES: dict[str, Pipeline] = {"dream": DREAM, "opsd_self_context": SELF_CONTEXT, "opsd_veteran": VETERAN, "write": WRITE}
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -84,7 +87,7 @@ def main(cfg: DictConfig, run_dir: Path) -> None:
         raise SystemExit(f"stopped: {error}") from None
     if not metrics.get("accepted", True):  # no policy was trained in a sim that the held-out session refutes
         nrmse = Fidelity.from_dict(metrics["fidelity"]).obs_nrmse if metrics["fidelity"] else ()
-        worst = "" if not nrmse else f" (held-out one-step NRMSE per obs dim: {', '.join(f'{v:.3g}' for v in nrmse)})"
+        worst = "" if not nrmse else f" (held-out one-step NRMSE per obs dim: {', '.join(number(v) for v in nrmse)})"
         trained = " No policy was trained." if cfg.pipeline == "dream" else ""
         raise SystemExit(f"the sandbox rejected the written sim{worst}: " + "; ".join(metrics["reasons"])
                          + f".{trained} What can help: a longer session (trace.steps_per_round), a richer library "

@@ -60,4 +60,4 @@ def write(cfg: WriteConfig, run: Run) -> tuple[dict, RenderableType]:
     return metrics, summary
 
 
-PIPELINE = Pipeline(WriteConfig.from_config, write)
+WRITE = Pipeline(WriteConfig.from_config, write)

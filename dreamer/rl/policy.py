@@ -18,6 +18,8 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
 from dreamer.artifacts import atomic_path, write_text
+from dreamer.rl.policy_folder import read_policy_meta
+from dreamer.rl.sequence import load_sequence_policy
 from dreamer.sim.contract import space_from_dict, space_to_dict
 
 
@@ -155,17 +157,6 @@ class MLPPolicy(nn.Module):
         return folder
 
 
-def read_policy_meta(path: str | Path) -> tuple[Path, dict]:
-    """A saved policy folder (or a run dir holding `policy/`) -> (the folder, its `policy.json`)."""
-    folder = Path(path)
-    if (folder / "policy").is_dir():
-        folder = folder / "policy"
-    meta_path = folder / "policy.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: expected a policy folder with policy.json and policy.pt")
-    return folder, json.loads(meta_path.read_text())
-
-
 def load_policy(path: str | Path, device: str = "cpu") -> nn.Module:
     """Load a saved policy folder (or a run dir holding `policy/`) for acting: `.act(obs)`.
 
@@ -173,8 +164,6 @@ def load_policy(path: str | Path, device: str = "cpu") -> nn.Module:
     saved with (an unbound one acts with an empty context)."""
     folder, meta = read_policy_meta(path)
     if meta["kind"] == "sequence":
-        from dreamer.rl.sequence import load_sequence_policy  # sequence.py builds on this module
-
         return load_sequence_policy(folder, device)
     policy = MLPPolicy(
         space_from_dict(meta["observation_space"]),

@@ -20,9 +20,6 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
@@ -33,8 +30,8 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from dreamer.artifacts import atomic_path, write_text
-from dreamer.rl.policy import read_policy_meta
+from dreamer.artifacts import atomic_dir, atomic_path, write_text
+from dreamer.rl.policy_folder import read_policy_meta
 from dreamer.sim.contract import space_from_dict, space_to_dict
 
 Codec = Literal["numeric", "text"]
@@ -415,10 +412,9 @@ class SequencePolicy(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         config, state = self.config, self.state_dict()
         if config.codec == "text":
-            staging = Path(tempfile.mkdtemp(dir=folder, prefix=".model."))
-            self.lm.save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
-            _replace_dir(staging, folder / "model")
+            with atomic_dir(folder / "model") as staging:
+                self.lm.save_pretrained(staging)
+                self.tokenizer.save_pretrained(staging)
             config = replace(config, model_path=str((folder / "model").resolve()))
             state = {key: value for key, value in state.items() if not key.startswith("lm.")}
         meta = {
@@ -550,17 +546,6 @@ def _as_batch(obs: np.ndarray, device: torch.device) -> tuple[Tensor, bool]:
 def _choose(dist: Categorical, deterministic: bool, single: bool) -> int | np.ndarray:
     action = (dist.probs.argmax(-1) if deterministic else dist.sample()).cpu().numpy().astype(np.int64)
     return int(action[0]) if single else action
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished directory `staging` to `target`, replacing what was there."""
-    if target.exists():
-        retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-        os.replace(target, retired / target.name)
-        os.replace(staging, target)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, target)
 
 
 def load_sequence_policy(

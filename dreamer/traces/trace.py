@@ -242,17 +242,20 @@ class Trace:
         )
 
     def split(self, held_out_fraction: float, seed: int) -> tuple[Trace, Trace]:
-        """(train, held_out) by whole episodes drawn at random with `seed`; each keeps recording order.
+        """(train, held_out) by whole episodes (`split_episodes`); each keeps recording order."""
+        train, held_out = self.split_episodes(held_out_fraction, seed)
+        return self.select_episodes(train), self.select_episodes(held_out)
 
-        About `held_out_fraction` of the episodes are held out, at least one and at most all but one.
-        """
+    def split_episodes(self, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, held_out) episode indices, each sorted, drawn at random with `seed`: about
+        `held_out_fraction` of the episodes are held out, at least one and at most all but one."""
         if self.num_episodes < 2:
             raise TraceError(f"split needs at least 2 episodes, trace {self.name!r} has {self.num_episodes}")
         if not 0 < held_out_fraction < 1:
             raise TraceError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
         num_held_out = min(max(round(held_out_fraction * self.num_episodes), 1), self.num_episodes - 1)
         order = np.random.default_rng(seed).permutation(self.num_episodes)
-        return self.select_episodes(np.sort(order[num_held_out:])), self.select_episodes(np.sort(order[:num_held_out]))
+        return np.sort(order[num_held_out:]), np.sort(order[:num_held_out])
 
     def summary(self) -> TraceSummary:
         """Statistics of the trace (std is the population std, ddof=0; obs stats are per dimension).

@@ -71,8 +71,8 @@ class SymbolicWriterConfig:
         if not self.selection_tolerance >= 1:
             raise ValueError(f"selection_tolerance must be >= 1 (a multiple of the best error), "
                              f"got {self.selection_tolerance}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
 
 
 @dataclass(frozen=True)
@@ -301,13 +301,12 @@ def stlsq(X: np.ndarray, y: np.ndarray, threshold: float, alpha: float) -> np.nd
 
 
 def training_rows(trace: Trace, fraction: float, seed: int) -> np.ndarray:
-    """(N,) bool mask: True for transitions of the episodes kept for fitting."""
-    rng = np.random.default_rng(seed)
-    held = rng.random(trace.num_episodes) < fraction
-    if held.all() or not held.any():
-        held = np.zeros(trace.num_episodes, bool)
-        held[rng.integers(trace.num_episodes)] = trace.num_episodes > 1
-    return ~held[trace.episode]
+    """(N,) bool mask: True for transitions of the episodes kept for fitting (`Trace.split_episodes`; all of a
+    one-episode trace)."""
+    if trace.num_episodes < 2:
+        return np.ones(len(trace), bool)
+    train, _ = trace.split_episodes(fraction, seed)
+    return np.isin(trace.episode, train)
 
 
 def format_sum(fit_row: np.ndarray, names: list[str]) -> str:
