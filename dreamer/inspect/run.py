@@ -1,4 +1,4 @@
-"""A run dir, read back: what each stage wrote (see `dreamer.train` and `dreamer.write` for the layout)."""
+"""A run dir, read back: what each stage wrote (see `dreamer.pipelines` for the layout of each pipeline's run dir)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def runs_root() -> Path:
 
 def latest_run(root: str | Path | None = None, pipeline: str | None = None) -> Path:
     """The most recently started run dir under `root` (default: `runs_root()`; one holding a config.yaml),
-    of `pipeline` if given (`dream`, `opsd_self_context`, ...; a `dreamer.write` run has none)."""
+    of `pipeline` if given (`dream`, `opsd_self_context`, `opsd_veteran`, `write`)."""
     root = Path(root) if root is not None else runs_root()
     runs = sorted(root.glob("**/config.yaml"), key=lambda path: path.stat().st_mtime)
     if pipeline is not None:
