@@ -112,10 +112,12 @@ def test_write_cli_prints_the_report_and_where_the_sim_is(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["accepted"] is True
     rejected = run_module("dreamer.write", f"trace.path={path}", "sandbox.thresholds.max_obs_nrmse=1e-12",
                           f"hydra.run.dir={tmp_path / 'strict'}")
-    assert rejected.returncode == 1 and "the sandbox rejected the written sim: fidelity" in rejected.stderr
+    message = " ".join(rejected.stderr.split())
+    assert rejected.returncode == 1 and "the sandbox rejected the written sim (held-out one-step NRMSE per obs dim: " in message
+    assert "fidelity: mean obs_nrmse" in message and f"python -m dreamer.inspect {tmp_path / 'strict'}" in message
     assert json.loads((tmp_path / "strict" / "env" / "report.json").read_text())["accepted"] is False
     again = run_module("dreamer.write", f"trace.path={path}", f"hydra.run.dir={run_dir}")
-    assert again.returncode != 0 and "already holds a run" in again.stderr
+    assert again.returncode != 0 and "already holds a finished run" in again.stderr
 
 
 def test_write_refuses_a_live_env_session(tmp_path):

@@ -625,9 +625,9 @@ def million_trace() -> Trace:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix, transitions", [(".jsonl", 200_000), (".csv", MILLION), (".parquet", MILLION)])
+@pytest.mark.parametrize("suffix, transitions", [(".jsonl", 300_000), (".csv", MILLION), (".parquet", MILLION)])
 def test_a_large_trace_loads_within_twice_its_size(suffix, transitions, tmp_path):
-    """JSONL at 200k transitions: its reader holds one chunk of lines at a time, so the ratio does not grow with
+    """JSONL at 300k transitions: its reader holds one chunk of lines at a time, so the ratio does not grow with
     length, and a million lines under tracemalloc take minutes."""
     path = tmp_path / f"large{suffix}"
     if suffix == ".jsonl":
