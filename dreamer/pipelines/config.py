@@ -74,9 +74,10 @@ class TraceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SimConfig:
-    """The `sim` section: what the accepted sim is called."""
+    """The `sim` section: what the accepted sim is called and how its training envs step."""
 
     name: str  # the env file is env/<name>.py; registered as gymnasium id dreamer/<name>
+    compile: bool  # torch.compile the fused vector step of training envs (`SimVectorEnv(compile=...)`)
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):

@@ -240,7 +240,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         if explore:  # this round's policy is the next round's explorer
             console.print(f"  the session shows {lacking}: training an explorer in the dream, rewarded for novelty")
             sim = novelty_sim(sim, train_trace.next_obs, trace.explore, cfg.seed + r)
-        envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device)
+        envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device, compile=cfg.sim.compile)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
         before, progress = dream_steps, stages.progress(ppo_stage)
         result = train_ppo(policy, envs, cfg.ppo, seed=cfg.seed + r,
@@ -251,12 +251,14 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         dream_steps += result.env_steps
         sps, last_update = result.steps_per_second, result.history[-1]
         stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
-                                  "steps_per_second": sps, "last_update": last_update, "explorer": explore})
+                                  "steps_per_second": sps, "sim_compile_seconds": envs.compile_seconds if envs.compiled else None,
+                                  "last_update": last_update, "explorer": explore})
         explorer = explore
         if not explore:
             round_policies[r + 1] = copy.deepcopy(policy.state_dict())  # the pick loads others into this module
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
-        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s, "
+        compiled = f" (sim step compiled in {envs.compile_seconds:.1f} s)" if envs.compiled else ""
+        console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s{compiled}, "
                       f"{'novelty' if explore else 'dream'} return {dream_return}")
 
     if trace.kind == "gym":

@@ -15,7 +15,7 @@ from torch import nn
 from dreamer.config import build
 from dreamer.loggers import Logger
 from dreamer.opsd import Distillation, OPSDConfig
-from dreamer.pipelines.config import EvalConfig, policy_config, ppo_config
+from dreamer.pipelines.config import EvalConfig, SimConfig, policy_config, ppo_config
 from dreamer.resume import Stages
 from dreamer.rl import PPOConfig, load_policy, train_ppo
 from dreamer.sim import FuncSim, SimVectorEnv
@@ -23,13 +23,13 @@ from dreamer.sim import FuncSim, SimVectorEnv
 
 def opsd_sections(cfg: DictConfig, teacher_kind: str, policy_kind: str) -> dict[str, Any]:
     """The sections both OPSD pipelines read, checked: `opsd` (its teacher must be `teacher_kind`), `algo`,
-    `policy` (of `policy_kind`), `seed`, `algo.progress` and `eval.seed`."""
+    `policy` (of `policy_kind`), `seed`, `algo.progress`, `eval.seed` and `sim.compile`."""
     opsd = build(OPSDConfig, cfg.opsd, "opsd")
     if opsd.teacher.kind != teacher_kind:
         raise ValueError(f"pipeline={cfg.pipeline} needs opsd.teacher.kind={teacher_kind}, got {opsd.teacher.kind!r}")
     return {"seed": cfg.seed, "opsd": opsd, "ppo": ppo_config(cfg.algo), "progress": cfg.algo.progress,
             "policy": policy_config(cfg.policy, cfg.pipeline, (policy_kind,)),
-            "eval_seed": build(EvalConfig, cfg.eval, "eval").seed}
+            "eval_seed": build(EvalConfig, cfg.eval, "eval").seed, "sim_compile": build(SimConfig, cfg.sim, "sim").compile}
 
 
 class Monitor:

@@ -62,6 +62,7 @@ class SelfContextConfig:
     progress: bool
     policy: SequencePolicyConfig
     eval_seed: int           # real-env episode i is reset with eval_seed + i
+    sim_compile: bool        # torch.compile the training envs' step (sim.compile)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SelfContextConfig:
@@ -88,7 +89,7 @@ def self_context(cfg: SelfContextConfig, run: Run) -> tuple[dict, Table]:
         stages.result("pretrain")
     else:
         ppo_stage(stages, "pretrain", partial(Monitor, logger, "pretrain", dict, 1, 0), model.bind_from_obs(),
-                  SimVectorEnv(family_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.pretrain_steps),
+                  SimVectorEnv(family_sim, ppo.num_envs, device, cfg.sim_compile), dataclasses.replace(ppo, total_steps=family.pretrain_steps),
                   cfg.seed, progress)
         model.save(run_dir / "pretrained")
         stages.finish("pretrain")
@@ -146,7 +147,7 @@ def self_context(cfg: SelfContextConfig, run: Run) -> tuple[dict, Table]:
                         "teacher_student_gap": teacher_now - student_return, "retention_return": on_family(student_model)}
 
             monitor = ppo_stage(stages, stage, partial(Monitor, logger, f"seed_{seed}/{method}", evaluate, opsd.eval_every, step),
-                                student, SimVectorEnv(variant_sim, ppo.num_envs, device), ppo, seed, progress, distill)
+                                student, SimVectorEnv(variant_sim, ppo.num_envs, device, cfg.sim_compile), ppo, seed, progress, distill)
             step += ppo.total_steps
             student_model.cpu().save(run_dir / f"seed_{seed}" / method)
             curves[method] = monitor.curve

@@ -66,6 +66,7 @@ class VeteranConfig:
     progress: bool
     policy: MLPPolicyConfig
     eval_seed: int
+    sim_compile: bool  # torch.compile the training envs' step (sim.compile)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> VeteranConfig:
@@ -100,7 +101,7 @@ def veteran(cfg: VeteranConfig, run: Run) -> tuple[dict, Table]:
         load_weights(base, run_dir / "base")
         stages.result("base")
     else:
-        ppo_stage(stages, "base", partial(Monitor, logger, "base", dict, 1, 0), base, SimVectorEnv(old_sim, ppo.num_envs, device),
+        ppo_stage(stages, "base", partial(Monitor, logger, "base", dict, 1, 0), base, SimVectorEnv(old_sim, ppo.num_envs, device, cfg.sim_compile),
                   dataclasses.replace(ppo, total_steps=family.pretrain_steps), cfg.seed, progress)
         base.save(run_dir / "base")
         stages.finish("base")
@@ -111,7 +112,7 @@ def veteran(cfg: VeteranConfig, run: Run) -> tuple[dict, Table]:
     elif not opsd.teacher.path:
         veteran_policy = copy.deepcopy(base).to(device)
         ppo_stage(stages, "veteran", partial(Monitor, logger, "veteran", dict, 1, family.pretrain_steps), veteran_policy,
-                  SimVectorEnv(new_sim, ppo.num_envs, device), dataclasses.replace(ppo, total_steps=family.veteran_steps),
+                  SimVectorEnv(new_sim, ppo.num_envs, device, cfg.sim_compile), dataclasses.replace(ppo, total_steps=family.veteran_steps),
                   cfg.seed, progress)
         veteran_policy.cpu().save(veteran_path)
         stages.finish("veteran")
@@ -132,7 +133,7 @@ def veteran(cfg: VeteranConfig, run: Run) -> tuple[dict, Table]:
 
         monitor = ppo_stage(stages, "consolidation",
                             partial(Monitor, logger, "consolidation", evaluate, opsd.eval_every, family.pretrain_steps + family.veteran_steps),
-                            student, SimVectorEnv(new_sim, ppo.num_envs, device), ppo, cfg.seed, progress, distill)
+                            student, SimVectorEnv(new_sim, ppo.num_envs, device, cfg.sim_compile), ppo, cfg.seed, progress, distill)
         student.save(run_dir / "policy")
         monitor_state = monitor.state()
         stages.finish("consolidation", monitor_state)

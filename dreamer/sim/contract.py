@@ -22,12 +22,16 @@ trace's observation is the full state (the default), the state *is* the observat
 `observation` returns it unchanged.
 
 The source is untrusted: `FuncSim.from_source` executes it, so call it only on source that the
-sandbox's static check passed (see `dreamer.sandbox.load_sim`).
+sandbox's static check passed (see `dreamer.sandbox.load_sim`). It runs as a real module, registered in
+`sys.modules` under a name derived from its text, so that `torch.compile` can trace its functions.
 """
 
 from __future__ import annotations
 
 import builtins
+import hashlib
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,8 +104,11 @@ class FuncSim:
         """Execute vetted sim source with only safe builtins and imports and bind its contract."""
         safe = {key: getattr(builtins, key) for key in SAFE_BUILTINS}
         safe["__import__"] = _restricted_import
-        namespace: dict = {"__builtins__": safe, "__name__": f"dreamer_sim_{name}"}
-        exec(compile(source, f"<sim {name}>", "exec"), namespace)
+        digest = hashlib.sha256(f"{name}\0{source}".encode()).hexdigest()[:16]
+        module = types.ModuleType(f"dreamer_sim_{name}_{digest}")  # one name per (name, source)
+        module.__builtins__ = safe
+        exec(compile(source, f"<sim {name}>", "exec"), module.__dict__)
+        namespace = module.__dict__
         missing = [key for key in FUNCTIONS + CONSTANTS if key not in namespace]
         if missing:
             raise SimContractError(f"sim {name!r} does not define {missing}; the contract needs {FUNCTIONS + CONSTANTS}")
@@ -115,6 +122,7 @@ class FuncSim:
         horizon = namespace["MAX_EPISODE_STEPS"]
         if not isinstance(horizon, int) or horizon < 1:
             raise SimContractError(f"sim {name!r}: MAX_EPISODE_STEPS must be a positive int, got {horizon!r}")
+        sys.modules[module.__name__] = module  # dynamo resolves a function's globals through its module
         return cls(
             name=name,
             source=source,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+import warnings
+from functools import partial
+from types import FunctionType
 from typing import Any
 
 import numpy as np
@@ -69,6 +73,49 @@ class SimEnv(Env):
         return obs[0].detach().to("cpu", torch.float32).numpy()
 
 
+def advance(sim: FuncSim, state: torch.Tensor, steps: torch.Tensor, action: torch.Tensor,
+            rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every row one step on, in place: state (n, S) becomes the next state, steps (n,) int32 (steps taken
+    in the episode) counts one more. -> obs (n, O), reward (n,) float32, terminated (n,) bool."""
+    next_state = sim.transition(state, action, rng)
+    reward = sim.reward(state, action, next_state, rng).float()
+    terminated = sim.terminal(next_state, rng).bool()
+    obs = sim.observation(next_state, rng)
+    state.copy_(next_state)
+    steps.add_(1)
+    return obs, reward, terminated
+
+
+def end_episodes(steps: torch.Tensor, terminated: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows at the horizon that did not terminate are truncated; the finished rows' step counts go back
+    to 0 in place. -> truncated (n,) bool, done (n,) bool."""
+    truncated = (steps >= horizon) & ~terminated
+    done = terminated | truncated
+    steps.masked_fill_(done, 0)
+    return truncated, done
+
+
+def step_and_reset_every_row(sim: FuncSim, state: torch.Tensor, steps: torch.Tensor, action: torch.Tensor,
+                             rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The whole vector step, branch-free (no host sync, for accelerators): a start is drawn for every row,
+    then `advance`, `end_episodes`, and the start kept where the row finished. (The draw comes first: dynamo
+    cannot trace a draw from a `torch.Generator`, so the rest stays one graph.)
+    -> obs, reward, terminated, truncated, done, final_obs (the observation before the reset)."""
+    starts = sim.initial(rng, state.shape[0])
+    final_obs, reward, terminated = advance(sim, state, steps, action, rng)
+    truncated, done = end_episodes(steps, terminated, sim.max_episode_steps)
+    state.copy_(torch.where(done[:, None], starts, state))
+    obs = torch.where(done[:, None], sim.observation(state, rng), final_obs)
+    return obs, reward, terminated, truncated, done, final_obs
+
+
+def _own_copy(function: FunctionType) -> FunctionType:
+    """`function` with a code object of its own: dynamo keeps its compiled graphs (and its limit of 8
+    recompiles) per code object, so each env compiles its sim once instead of evicting the others'."""
+    return FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                        function.__defaults__, function.__closure__)
+
+
 class SimVectorEnv(VectorEnv):
     """`num_envs` copies of the sim stepping as one batch; tensors stay on `device`.
 
@@ -77,11 +124,22 @@ class SimVectorEnv(VectorEnv):
     the finished episode is in `info["final_obs"]` (every step; rows of unfinished envs hold the
     returned observation), with `info["_final_obs"]` the (num_envs,) bool mask of finished envs.
     Actions may be numpy arrays or tensors; Box actions are clipped to the action space.
+
+    Off the CPU a step is one function, `step_and_reset_every_row`. On the CPU it is `advance` (the sim's
+    four functions fused), then `end_episodes` and a reset of the finished rows only, eagerly: the rows
+    are found with one `nonzero` (a host sync, free on a CPU) and take the next starts from a pool that
+    `initial` fills `num_envs` at a time. (Inductor's CPU code for bool masks measured slower than eager
+    ops, and rows picked by data cannot be in a static graph; see benchmarks/README.md.)
+
+    With `compile=True` the fused function goes through `torch.compile(dynamic=False)`. The first `reset`
+    compiles it, on a copy of the state and with the rng put back, and sets `compile_seconds`. If that
+    fails (no C++ compiler, an op dynamo cannot trace), the env warns and steps eagerly (`compiled` is
+    then False). Compiled and eager steps give the same numbers.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, sim: FuncSim, num_envs: int, device: str | torch.device = "cpu"):
+    def __init__(self, sim: FuncSim, num_envs: int, device: str | torch.device = "cpu", compile: bool = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.sim = sim
@@ -91,42 +149,67 @@ class SimVectorEnv(VectorEnv):
         self.single_action_space = sim.action_space
         self.observation_space = batch_space(sim.observation_space, num_envs)
         self.action_space = batch_space(sim.action_space, num_envs)
+        self.compiled = compile
+        self.compile_seconds: float | None = None  # wall time of the compile, once `reset` did it
+        self._on_cpu = self.device.type == "cpu"
+        fused = advance if self._on_cpu else step_and_reset_every_row
+        self._eager = partial(fused, sim)
+        self._fused = partial(torch.compile(_own_copy(fused), dynamic=False), sim) if compile else self._eager
         self._rng = _seeded_generator(None, self.device)
         self._state: torch.Tensor | None = None
-        self._steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._steps = torch.zeros(num_envs, dtype=torch.int32, device=self.device)
+        self._starts = torch.empty(0, device=self.device)  # drawn, unused episode starts (CPU)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._rng = _seeded_generator(seed, self.device)
         with torch.no_grad():
-            self._state = self.sim.initial(self._rng, self.num_envs)
+            self._state = self.sim.initial(self._rng, self.num_envs).contiguous()
             obs = self.sim.observation(self._state, self._rng)
         self._steps.zero_()
+        self._starts = self._state[:0]
+        if self.compiled and self.compile_seconds is None:
+            self._compile()
         return obs, {}
+
+    def _compile(self) -> None:
+        """Compile the fused step on a copy of the current state, leaving the rng where it was."""
+        rng_state = self._rng.get_state()
+        actions = np.stack([self.single_action_space.sample() for _ in range(self.num_envs)])
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                self._fused(self._state.clone(), self._steps.clone(), self.sim.action_tensor(actions, self.device), self._rng)
+        except Exception as error:  # a platform without a compiler, an op dynamo cannot trace
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            warnings.warn(f"sim.compile: torch.compile of sim {self.sim.name!r} failed, stepping eagerly ({reason})",
+                          stacklevel=3)
+            self.compiled, self._fused = False, self._eager
+        self.compile_seconds = time.perf_counter() - start
+        self._rng.set_state(rng_state)
 
     @torch.no_grad()
     def step(self, actions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        sim, rng = self.sim, self._rng
-        action = sim.action_tensor(actions, self.device)
-        next_state = sim.transition(self._state, action, rng)
-        reward = sim.reward(self._state, action, next_state, rng).float()
-        terminated = sim.terminal(next_state, rng).bool()
-        obs = sim.observation(next_state, rng)
-        self._steps += 1
-        truncated = (self._steps >= sim.max_episode_steps) & ~terminated
-        done = terminated | truncated
-        info: dict[str, Any] = {"final_obs": obs, "_final_obs": done}
-        if self.device.type == "cpu":  # draw fresh states for the finished rows only
-            rows = done.nonzero().squeeze(1)
-            if rows.numel():
-                next_state, obs = next_state.clone(), obs.clone()
-                next_state[rows] = sim.initial(rng, rows.numel())
-                obs[rows] = sim.observation(next_state[rows], rng)
-        else:  # no host sync: fresh states for every row, kept where done
-            next_state = torch.where(done[:, None], sim.initial(rng, self.num_envs), next_state)
-            obs = torch.where(done[:, None], sim.observation(next_state, rng), obs)
-        self._steps.masked_fill_(done, 0)
-        self._state = next_state
-        return obs, reward, terminated, truncated, info
+        action = self.sim.action_tensor(actions, self.device)
+        if not self._on_cpu:
+            obs, reward, terminated, truncated, done, final_obs = self._fused(self._state, self._steps, action, self._rng)
+            return obs, reward, terminated, truncated, {"final_obs": final_obs, "_final_obs": done}
+        final_obs, reward, terminated = self._fused(self._state, self._steps, action, self._rng)
+        truncated, done = end_episodes(self._steps, terminated, self.sim.max_episode_steps)
+        rows = done.nonzero().squeeze(1)
+        obs = final_obs
+        if rows.numel():
+            starts = self._take_starts(rows.numel())
+            self._state.index_put_((rows,), starts)
+            obs = final_obs.index_put((rows,), self.sim.observation(starts, self._rng))
+        return obs, reward, terminated, truncated, {"final_obs": final_obs, "_final_obs": done}
+
+    def _take_starts(self, count: int) -> torch.Tensor:
+        """The pool's next `count` (count, S) episode starts; `initial` draws `max(num_envs, count)` more
+        when it runs short."""
+        if count > len(self._starts):
+            self._starts = torch.cat([self._starts, self.sim.initial(self._rng, max(self.num_envs, count))])
+        starts, self._starts = self._starts[:count], self._starts[count:]
+        return starts
