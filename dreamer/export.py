@@ -63,9 +63,10 @@ def sim_env(path: str, device: str = "cpu") -> SimEnv:
     return SimEnv(load_sim(path), device=device)
 
 
-def sim_vector_env(path: str, num_envs: int, device: str = "cpu") -> SimVectorEnv:
-    """The registered vector entry point of an exported sim: `num_envs` copies on `device`."""
-    return SimVectorEnv(load_sim(path), num_envs, device=device)
+def sim_vector_env(path: str, num_envs: int, device: str = "cpu", compile: bool = False) -> SimVectorEnv:
+    """The registered vector entry point of an exported sim: `num_envs` copies on `device` (`compile`: see
+    `SimVectorEnv`)."""
+    return SimVectorEnv(load_sim(path), num_envs, device, compile)
 
 
 def export(run_dir: str | Path, target: str | Path) -> str:

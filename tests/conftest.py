@@ -46,9 +46,10 @@ def run_module(module: str, *overrides: str, cwd: Path | None = None) -> subproc
                           cwd=cwd)
 
 
-TINY_DREAM = ["logger=none", "algo.progress=false", "algo.total_steps=4096", "algo.num_envs=32", "algo.num_steps=32",
+# Tiny runs step their sims eagerly: a compile (seconds) costs more than it saves in a few thousand steps.
+TINY_DREAM = ["logger=none", "sim.compile=false", "algo.progress=false", "algo.total_steps=4096", "algo.num_envs=32", "algo.num_steps=32",
               "eval.episodes=2"]
-TINY_OPSD = ["logger=none", "algo.progress=false", "algo.num_envs=32", "algo.num_steps=32", "algo.total_steps=2048",
+TINY_OPSD = ["logger=none", "sim.compile=false", "algo.progress=false", "algo.num_envs=32", "algo.num_steps=32", "algo.total_steps=2048",
              "family.eval_episodes=8", "opsd.anchors.states=64", "opsd.anchors.batch=32"]
 
 

@@ -100,6 +100,7 @@ def test_impossible_values_are_refused_with_the_key(overrides, message):
     ("train", ["logger.mode=offlne"], "logger.mode='offlne' is not one of ['offline', 'online', 'disabled'] or null"),
     ("train", ["logger.init_timeout_s=soon"], "logger.init_timeout_s='soon' is not a float or null"),
     ("write", [*WRITE, "sim.name=7"], "sim.name=7 is not a str"),
+    ("train", ["sim.compile=maybe"], "sim.compile='maybe' is not a bool"),
     ("write", [*WRITE, "trace.held_out_fraction=most"], "trace.held_out_fraction='most' is not a float"),
     ("write", [*WRITE, "trace.columns.obs_columns=[1,2]"], "trace.columns.obs_columns=[1, 2] is not a list of str or null"),
 ])

@@ -153,6 +153,18 @@ def test_compiled_and_eager_steps_agree_row_for_row_through_resets_and_truncatio
     assert terminated.any() and truncated.any()  # both kinds of reset were compared
 
 
+def test_returned_tensors_are_never_changed_by_later_steps(cartpole_source):
+    """The env steps its state in place; what `reset` and `step` returned stays as it was."""
+    envs = SimVectorEnv(FuncSim.from_source(cartpole_source), num_envs=16)
+    first, _ = envs.reset(seed=0)
+    kept = first.clone()
+    obs, *_ , info = envs.step(torch.ones(16, dtype=torch.long))
+    kept_obs, kept_final = obs.clone(), info["final_obs"].clone()
+    for _ in range(30):
+        envs.step(torch.ones(16, dtype=torch.long))
+    assert torch.equal(first, kept) and torch.equal(obs, kept_obs) and torch.equal(info["final_obs"], kept_final)
+
+
 def test_vector_env_autoresets_as_gymnasium_same_step_mode():
     """Row for row what Gymnasium's own SyncVectorEnv (AutoresetMode.SAME_STEP) makes of the single env: the
     returned obs of a finished row is the next episode's first, `final_obs` holds the last one."""

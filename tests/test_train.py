@@ -29,6 +29,7 @@ def test_default_run_writes_a_complete_run_dir(dream_run):
     assert METRIC_KEYS <= metrics.keys()
     assert metrics["accepted"] is True and metrics["writer"] == "symbolic" and metrics["resumed"] is None
     assert metrics["real_env_steps"] == 1200 and metrics["real_eval_episodes"] == 2
+    assert metrics["sim_compile_seconds"] is None  # TINY_DREAM steps eagerly (sim.compile=false)
     assert metrics["dream_env_steps"] == 2 * 4096
     assert metrics["fidelity"]["obs_nrmse_mean"] < 0.05
     session = load_trace(run_dir / "trace.jsonl")
@@ -65,6 +66,7 @@ def test_the_default_run_balances_the_real_cartpole(tmp_path):
     assert metrics["dream_return_mean"] >= 475 and metrics["large_gap"] is False
     assert metrics["picked_round"] == 2 and list(metrics["dream_returns_by_round"]) == ["1", "2"]
     assert "dream - real return" in done.stderr and "LARGE" not in done.stderr
+    assert metrics["sim_compile_seconds"] > 0 and "(sim step compiled in" in done.stderr  # sim.compile=true by default
 
 
 @pytest.mark.slow
@@ -262,7 +264,7 @@ def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
     assert honest["dream_real_gap"] == 10.0 and honest["dream_real_gap_fraction"] == 10 / 480 and not honest["large_gap"]
     assert exploited["dream_real_gap_fraction"] == 350 / 480 and exploited["large_gap"]
     assert dream_vs_real(Pick(1, {1: -1000.0}, -900.0), np.array([-1200.0]), 0.25)["dream_real_gap_fraction"] is None
-    base = {"accepted": True, "real_env_steps": 5000, "dream_env_steps": 1, "dream_steps_per_second": 1.0,
+    base = {"accepted": True, "real_env_steps": 5000, "dream_env_steps": 1, "dream_steps_per_second": 1.0, "sim_compile_seconds": None,
             "fidelity": None, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20}
     console = Console(width=200, record=True)
     console.print(summary_table({**base, **exploited}))

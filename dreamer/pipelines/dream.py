@@ -114,7 +114,8 @@ def summary_table(metrics: dict) -> Table:
         ("accepted sim", str(metrics["accepted"])),
         ("real env steps", f"{metrics['real_env_steps']:,}"),
         ("dream env steps", f"{metrics['dream_env_steps']:,}"),
-        ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}"),
+        ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}" + (
+            "" if metrics["sim_compile_seconds"] is None else f" (step compiled in {metrics['sim_compile_seconds']:.1f} s)")),
         ("one-step obs NRMSE (held out)", number(fidelity and fidelity.obs_nrmse_mean)),
         ("termination accuracy (held out)", number(fidelity and fidelity.termination_accuracy)),
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
@@ -181,7 +182,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
     policy: MLPPolicy | None = None
     round_policies: dict[int, dict] = {}  # round -> its trained task policy (state dict), for the pick at the end
     explorer = False  # the policy of the round before is an explorer
-    dream_steps, sps, written, last_update = 0, 0.0, None, None
+    dream_steps, sps, compile_seconds, written, last_update = 0, 0.0, None, None, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
         round_dir = env_dir if r == len(rounds) - 1 else env_dir / f"round_{r}"
@@ -196,7 +197,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
             if not explorer:
                 round_policies[r + 1] = trained["policy"]
             dream_steps += trained["env_steps"]
-            sps, last_update = trained["steps_per_second"], trained["last_update"]
+            sps, compile_seconds, last_update = trained["steps_per_second"], trained["sim_compile_seconds"], trained["last_update"]
             continue
         if num_steps is not None:
             missing = sum(rounds[:r + 1]) - (0 if session is None else len(session))
@@ -250,14 +251,14 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
                            resume=None if progress is None else progress[0])
         dream_steps += result.env_steps
         sps, last_update = result.steps_per_second, result.history[-1]
-        stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps,
-                                  "steps_per_second": sps, "sim_compile_seconds": envs.compile_seconds if envs.compiled else None,
-                                  "last_update": last_update, "explorer": explore})
+        compile_seconds = envs.compile_seconds if envs.compiled else None
+        stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps, "steps_per_second": sps,
+                                  "sim_compile_seconds": compile_seconds, "last_update": last_update, "explorer": explore})
         explorer = explore
         if not explore:
             round_policies[r + 1] = copy.deepcopy(policy.state_dict())  # the pick loads others into this module
         dream_return = "n/a" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
-        compiled = f" (sim step compiled in {envs.compile_seconds:.1f} s)" if envs.compiled else ""
+        compiled = "" if compile_seconds is None else f" (sim step compiled in {compile_seconds:.1f} s)"
         console.print(f"  PPO in the dream: {result.env_steps:,} steps at {sps:,.0f} steps/s{compiled}, "
                       f"{'novelty' if explore else 'dream'} return {dream_return}")
 
@@ -283,6 +284,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         "real_env_steps": len(session),
         "dream_env_steps": dream_steps,
         "dream_steps_per_second": sps,
+        "sim_compile_seconds": compile_seconds,  # the last PPO round's; None: stepped eagerly (sim.compile)
         "real_return_mean": None if returns is None else float(returns.mean()),
         "real_return_std": None if returns is None else float(returns.std()),
         "real_eval_episodes": 0 if returns is None else len(returns),

@@ -164,8 +164,9 @@ class SimVectorEnv(VectorEnv):
         if seed is not None:
             self._rng = _seeded_generator(seed, self.device)
         with torch.no_grad():
-            self._state = self.sim.initial(self._rng, self.num_envs).contiguous()
-            obs = self.sim.observation(self._state, self._rng)
+            state = self.sim.initial(self._rng, self.num_envs)
+            obs = self.sim.observation(state, self._rng)
+        self._state = state.clone(memory_format=torch.contiguous_format)  # stepped in place: never a returned obs
         self._steps.zero_()
         self._starts = self._state[:0]
         if self.compiled and self.compile_seconds is None:
