@@ -261,12 +261,15 @@ def fit_sparse(
     """STLSQ of `y` (N,) at each threshold, fitted on `train` rows and scored on the others.
 
     Libraries are tried from simplest to richest; a richer one only when no equation so far
-    reaches `target_nrmse`. Only `usable` rows (default: all) enter the fit and the score. Picks
+    reaches `target_nrmse`. Only `usable` rows (default: all) enter the fit and the score (in sample when
+    no usable row is on one side of the split). Picks
     the sparsest equation whose validation NRMSE is within `selection_tolerance` of the best (or
     under `target_nrmse`), then refits its terms by least squares on every usable row.
     """
     usable = np.ones(len(y), dtype=bool) if usable is None else usable
     train, val = train & usable, ~train & usable
+    if not train.any() or not val.any():  # every usable row on one side: score in sample rather than not at all
+        train = val = usable
     scale = max(float(y[train].std()), 1e-12)
     candidates: list[SparseFit] = []
     for make_library in libraries:
@@ -301,10 +304,12 @@ def stlsq(X: np.ndarray, y: np.ndarray, threshold: float, alpha: float) -> np.nd
 
 
 def training_rows(trace: Trace, fraction: float, seed: int) -> np.ndarray:
-    """(N,) bool mask: True for transitions of the episodes kept for fitting (`Trace.split_episodes`; all of a
-    one-episode trace)."""
+    """(N,) bool mask: True for transitions of the episodes kept for fitting (`Trace.split_episodes`); in a
+    one-episode trace, all but its last `fraction` of transitions (at least one is held back)."""
     if trace.num_episodes < 2:
-        return np.ones(len(trace), bool)
+        keep = np.ones(len(trace), bool)
+        keep[len(trace) - max(1, round(fraction * len(trace))):] = False
+        return keep
     train, _ = trace.split_episodes(fraction, seed)
     return np.isin(trace.episode, train)
 
