@@ -96,6 +96,26 @@ def test_inspect_cli_summarises_a_finished_training_run(dream_run, capsys):
     assert "dream return of the kept policy" in out and "dream - real return" in out
 
 
+@pytest.mark.parametrize("metrics, outcome", [
+    (None, "not started"),
+    ({"status": "running"}, "running"),
+    ({"status": "failed", "error": "NoTaskSignal: the session never showed a reward"}, "failed: NoTaskSignal: the session never"),
+    ({"status": "finished", "accepted": False}, "finished, sim rejected"),
+    ({"status": "finished", "accepted": True}, "finished, sim accepted"),
+    ({"status": "finished", "opsd": {}}, "finished"),
+])
+def test_inspect_heads_a_run_with_its_true_outcome(written, tmp_path, capsys, metrics, outcome):
+    """A run whose sim the sandbox rejected once read "finished" like one that trained a policy."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(written, run_dir)
+    (run_dir / "metrics.json").unlink()
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert Run.load(run_dir).outcome.startswith(outcome)
+    inspect_main([str(run_dir)])
+    assert outcome in capsys.readouterr().out.replace("\n", " ")
+
+
 def test_inspect_cli_names_a_folder_that_is_not_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         inspect_main([str(tmp_path)])

@@ -23,9 +23,11 @@ CURVE_KEYS = ("dream/episode_return_mean", "dream/policy_loss", "dream/value_los
 def summarise(run: Run, console: Console) -> None:
     """Print every table the run's artifacts allow."""
     config, metrics = run.config, run.metrics
-    status = (metrics or {}).get("status", "not started")
-    state = status if status == "finished" else f"[yellow]{status}[/]" + (f": {metrics['error']}" if metrics and "error" in metrics else "")
-    console.rule(f"{run.path}  —  pipeline {config.get('pipeline', 'write')}, seed {config.get('seed')}, {state}")
+    outcome = run.outcome
+    state = outcome if outcome in ("finished", "finished, sim accepted") else f"[yellow]{outcome}[/]"
+    # the outcome first, the path below: a long path would push the outcome out of a narrow terminal's rule
+    console.rule(f"{state}  —  pipeline {config.get('pipeline', 'write')}, seed {config.get('seed')}")
+    console.print(f"run dir: {run.path}")
     if run.nonfinite is not None:
         console.print(nonfinite_table(run.nonfinite))
     if run.trace is not None:

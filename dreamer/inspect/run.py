@@ -63,6 +63,18 @@ class Run:
         path = self.path / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    @property
+    def outcome(self) -> str:
+        """How the run stands, in words: "not started", "running", "interrupted", "failed: <error>", or for a
+        finished run that wrote a sim "finished, sim accepted" / "finished, sim rejected" ("finished" else)."""
+        metrics = self.metrics or {}
+        status = metrics.get("status", "not started")
+        if status == "failed":
+            return f"failed: {metrics.get('error', 'no error recorded')}"
+        if status == "finished" and "accepted" in metrics:
+            return f"finished, sim {'accepted' if metrics['accepted'] else 'rejected'}"
+        return status
+
     @cached_property
     def nonfinite(self) -> dict | None:
         """nonfinite.json, when bad numbers stopped the run: `where`, `message` and `details` (the offending
