@@ -1,4 +1,7 @@
+import os
 import re
+import subprocess
+import sys
 from typing import Literal
 
 import pytest
@@ -9,6 +12,7 @@ from dreamer.config import CONF_DIR, build, resolve_device, type_error
 from dreamer.pipelines import PIPELINES
 from dreamer.pipelines.config import check_run_config, compose_config
 from dreamer.rl import PPOConfig
+from conftest import run_module
 
 ALGO = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -206,3 +210,22 @@ def test_an_impossible_value_stops_the_run_before_any_work(tmp_path, overrides, 
     with pytest.raises(ValueError, match=re.escape(message)):
         run(compose_config("train", overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module, overrides, message", [
+    ("dreamer.train", ["seed=1.5"], "seed=1.5 is not an int"),
+    ("dreamer.train", ["policy=sequence"], "pipeline=dream trains policy.kind in ['mlp'], got policy.kind='sequence'"),
+    ("dreamer.write", ["trace.path=no_such_session.jsonl"], "trace.path=no_such_session.jsonl: no such file"),
+])
+def test_a_user_error_on_the_command_line_exits_2_with_its_message_before_any_run_dir(tmp_path, module, overrides, message):
+    run_dir = tmp_path / "run"
+    done = run_module(module, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr and "DREAMER_DEBUG=1" in done.stderr
+    assert not run_dir.exists()
+
+
+def test_dreamer_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dreamer.train", "seed=1.5", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "DREAMER_DEBUG": "1"})
+    assert done.returncode != 0 and "Traceback" in done.stderr and "seed=1.5 is not an int" in done.stderr

@@ -3,14 +3,23 @@
 The run dir gets `config.yaml` (resolved) and `metrics.json` (`status: running`) first, then whatever the
 pipeline writes, then the final `metrics.json` (`status: finished`, or `failed`/`interrupted` with the error).
 Rerunning the command into an unfinished run dir resumes it (`dreamer.resume`); a finished one is never touched.
+
+On the command line, `ConfigCheck` (a Hydra callback) checks the config before Hydra makes the run dir: a user
+error ends the command with its message and exit code 2, without a traceback unless `DREAMER_DEBUG=1`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -29,6 +38,7 @@ from dreamer.rl import NonFiniteError
 from dreamer.sim.fidelity import Fidelity
 
 console = Console(stderr=True)
+DEBUG = "DREAMER_DEBUG"  # =1: a user error shows its traceback too
 PIPELINES: dict[str, Pipeline] = {"dream": DREAM, "opsd_self_context": SELF_CONTEXT, "opsd_veteran": VETERAN, "write": WRITE}
 
 
@@ -79,10 +89,43 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def main(cfg: DictConfig, run_dir: Path) -> None:
-    """`run`, as a command: exits with a message when the pipeline stopped or the sandbox rejected the sim."""
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A bad config value, a missing file or a run dir in the way ends the command: its message on stderr,
+    exit code 2, no traceback (`DREAMER_DEBUG=1` re-raises)."""
     try:
-        metrics = run(cfg, run_dir)
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        if os.environ.get(DEBUG) == "1":
+            raise
+        print(f"error: {error}\n(set {DEBUG}=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class ConfigCheck(Callback):
+    """Hydra callback (`hydra.callbacks.check_config` in conf/config.yaml and conf/write.yaml): `run`'s
+    start-up check of the config and every section its pipeline builds, and that a trace file exists, before
+    Hydra makes the run dir."""
+
+    def __init__(self, entry: Literal["train", "write"]):
+        self.entry = entry
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        with user_errors():
+            check_run_config(cfg, self.entry)
+            PIPELINES[cfg.pipeline].configure(cfg)
+            path = cfg.trace.path
+            if cfg.trace.kind == "file" and not str(path).startswith("minari:") and not Path(path).is_file():
+                raise FileNotFoundError(f"trace.path={path}: no such file")
+
+
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    """`run`, as a command: exits with a message when the config or a path is wrong (code 2), the pipeline
+    stopped or the sandbox rejected the sim."""
+    try:
+        with user_errors():
+            metrics = run(cfg, run_dir)
     except Stopped as error:
         raise SystemExit(f"stopped: {error}") from None
     if not metrics.get("accepted", True):  # no policy was trained in a sim that the held-out session refutes
