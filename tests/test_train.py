@@ -253,6 +253,22 @@ def test_a_session_that_never_shows_the_goal_stops_before_any_sim_is_written(tmp
     assert metrics["status"] == "failed" and metrics["error"].startswith("NoTaskSignal")
 
 
+def test_the_summary_says_when_the_held_out_episodes_cannot_vouch_for_termination():
+    """MountainCarContinuous's random session never reached the goal: "termination accuracy 1" read as a
+    perfect `terminal` although nothing in the held-out data could test it."""
+    import dataclasses
+    from pathlib import Path
+
+    from dreamer.pipelines.dream import termination_figure
+    from dreamer.sandbox import SandboxReport
+
+    fidelity = SandboxReport.load(Path(__file__).parents[1] / "envs" / "cartpole_dream" / "report.json").fidelity
+    assert termination_figure(fidelity).startswith(f"{fidelity.termination_accuracy:.4g} (recall of the real terminations")
+    never = dataclasses.replace(fidelity, termination_accuracy=1.0, termination_recall=None)
+    assert termination_figure(never) == "1 (untested: the held-out episodes never terminate)"
+    assert termination_figure(None) == "—"
+
+
 def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
     import numpy as np
 
