@@ -162,6 +162,16 @@ def test_nan_outputs_fail_finite(held_out, config):
     assert any(reason.startswith("finite failed: non-finite obs") for reason in report.reasons), report.reasons
 
 
+def test_a_stochastic_sim_passes_every_check_its_noise_is_drawn_from_the_rng(held_out, config):
+    """A sim that draws noise from `rng` (as a learned ensemble's would) is neither batch-dependent nor
+    irreproducible: the same seed gives every row the same draws."""
+    noisy = edit("    return torch.stack(",
+                 "    return 1e-6 * torch.randn(state.shape, generator=rng, device=state.device) + torch.stack(")
+    report = validate(noisy, held_out, config, name="noisy")
+    assert report.accepted, report.reasons
+    assert report.checks["rows_independent"]["passed"] and report.checks["deterministic"]["passed"]
+
+
 def test_wrong_physics_fails_fidelity_with_the_figure(held_out, config):
     report = validate(edit("FORCE_MAG = 10.0", "FORCE_MAG = -10.0"), held_out, config, name="backwards")
     assert not report.accepted
