@@ -358,8 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
         row["ratio_exact_over_gymnasium"] = row["exact"]["steps_per_second"] / row["gymnasium"]["steps_per_second"]
         row["ratio_compiled_over_eager"] = row["dream"]["steps_per_second"] / row["dream_eager"]["steps_per_second"]
         raw.append(row)
-        console.print(f"  {n:>9,} envs: dream {fmt_rate(row['dream']['steps_per_second'])} "
-                      f"(compiled in {row['dream']['compile_seconds']:.1f} s), "
+        compiled = (f"compiled in {row['dream']['compile_seconds']:.1f} s" if row["dream"]["compiled"]
+                    else "compile failed: eager")
+        console.print(f"  {n:>9,} envs: dream {fmt_rate(row['dream']['steps_per_second'])} ({compiled}), "
                       f"eager {fmt_rate(row['dream_eager']['steps_per_second'])}, "
                       f"exact {fmt_rate(row['exact']['steps_per_second'])}, "
                       f"gymnasium {fmt_rate(row['gymnasium']['steps_per_second'])}")

@@ -182,7 +182,7 @@ class SimVectorEnv(VectorEnv):
             with torch.no_grad():
                 self._fused(self._state.clone(), self._steps.clone(), self.sim.action_tensor(actions, self.device), self._rng)
         except Exception as error:  # a platform without a compiler, an op dynamo cannot trace
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
             warnings.warn(f"sim.compile: torch.compile of sim {self.sim.name!r} failed, stepping eagerly ({reason})",
                           stacklevel=3)
             self.compiled, self._fused = False, self._eager
