@@ -10,11 +10,13 @@ that never showed the goal) is reported with its reason. Then, per experiment, i
   real steps, recording the first real step at which its training return (the episodes that ended in its
   last 10 updates with any) reached the dream policies' mean real return ("real steps to the same return").
 
-Prints a table with the targets and writes a JSON of every figure, the hardware, the seeds and the run dirs
-(whose config.yaml hold the configs).
+Each run's real return is also given normalized between random play (0) and PPO on the real env (1, its best
+training return), as the Code World Models Benchmark reports it. Prints a table with the targets and writes a
+JSON of every figure, the hardware, the seeds and the run dirs (whose config.yaml hold the configs).
 
     python benchmarks/sample_efficiency.py                                  # every experiment, seeds 0-2
     python benchmarks/sample_efficiency.py --experiments cartpole --seeds 0 1 2 3 4 --jobs 2
+    python benchmarks/sample_efficiency.py --overrides writer=neural        # any Hydra overrides, every run
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ from dreamer.sim.fidelity import Fidelity
 TARGETS = {"cartpole": (475.0, 5_000), "pendulum": (-200.0, 10_000), "acrobot": None, "mountain_car": None}
 
 
-def dream_run(experiment: str, seed: int, root: Path, device: str) -> dict:
+def dream_run(experiment: str, seed: int, root: Path, device: str, overrides: list[str]) -> dict:
     run_dir = root / f"{experiment}-seed{seed}"
     command = [sys.executable, "-m", "dreamer.train", f"+experiment={experiment}", f"seed={seed}", f"device={device}",
-               "logger=none", "algo.progress=false", f"hydra.run.dir={run_dir}"]
+               "logger=none", "algo.progress=false", f"hydra.run.dir={run_dir}", *overrides]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     row = {"experiment": experiment, "seed": seed, "run_dir": str(run_dir), "status": metrics["status"]}
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="dream runs at a time (one torch thread each)")
     parser.add_argument("--ppo-steps", type=int, default=200_000, help="real steps of the PPO-on-the-real-env baseline")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every dream run, e.g. writer=neural")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -109,11 +112,11 @@ def main() -> None:
     root = Path(__file__).parent / "results" / f"sample-efficiency-{stamp}"
     jobs = [(experiment, seed) for experiment in args.experiments for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda job: dream_run(*job, root, args.device), jobs))
+        rows = list(pool.map(lambda job: dream_run(*job, root, args.device, args.overrides), jobs))
 
     baselines = {}
     for experiment in args.experiments:
-        cfg = compose_config("train", [f"+experiment={experiment}"])
+        cfg = compose_config("train", [f"+experiment={experiment}", *args.overrides])
         finished = [row["real_return_mean"] for row in rows if row["experiment"] == experiment and row["status"] == "finished"]
         reach = float(np.mean(finished)) if finished else None
         baselines[experiment] = {
@@ -124,17 +127,22 @@ def main() -> None:
         print(experiment, baselines[experiment], flush=True)
 
     table = Table(title="Sample efficiency: dream runs (one row per seed) against random play and PPO on the real env")
-    for column in ("experiment", "seed", "real return", "dream return", "gap", "real steps", "obs NRMSE", "wall s", "target"):
+    for column in ("experiment", "seed", "real return", "normalized", "dream return", "gap", "real steps", "obs NRMSE", "wall s",
+                   "target"):
         table.add_column(column, justify="right")
     for row in rows:
         target = TARGETS[row["experiment"]]
         if row["status"] == "stopped":
-            table.add_row(row["experiment"], str(row["seed"]), "stopped", "", "", "", "", "", row["reason"][:60] + "…")
+            table.add_row(row["experiment"], str(row["seed"]), "stopped", "", "", "", "", "", "", row["reason"][:60] + "…")
             continue
+        b = baselines[row["experiment"]]
+        span = (b["ppo_real"]["best_return"] or b["random_return"]) - b["random_return"]
+        row["normalized_return"] = (row["real_return_mean"] - b["random_return"]) / span if span > 0 else None
         met = None if target is None else row["real_return_mean"] >= target[0] and row["real_env_steps"] <= target[1]
         row["target_met"] = met
         fraction = row["dream_real_gap_fraction"]
         table.add_row(row["experiment"], str(row["seed"]), f"{row['real_return_mean']:.1f} ± {row['real_return_std']:.1f}",
+                      "-" if row["normalized_return"] is None else f"{row['normalized_return']:.2f}",
                       f"{row['dream_return_mean']:.1f}", f"{row['dream_real_gap']:+.1f}" + ("" if fraction is None else f" ({fraction:.0%})"),
                       f"{row['real_env_steps']:,}", f"{row['obs_nrmse_mean']:.4f}", f"{row['wall_seconds']:.0f}",
                       "-" if target is None else f"{'met' if met else 'MISSED'} (≥{target[0]:g} / ≤{target[1]:,})")
@@ -152,6 +160,7 @@ def main() -> None:
     console.print(baseline_table)
     hardware = {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()}
     out = write_json(root / "summary.json", {"date": stamp, "hardware": hardware, "targets": TARGETS, "jobs": args.jobs,
+                                             "overrides": args.overrides,
                                              "runs": rows, "baselines": baselines})
     print(f"written: {out}")
 

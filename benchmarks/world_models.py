@@ -97,7 +97,7 @@ def print_table(rows: list[dict], writer_kind: str) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", nargs="+", default=list(TRACE_SIZES), choices=list(TRACE_SIZES))
-    parser.add_argument("--writers", nargs="+", default=["symbolic"], help="writer config names (conf/writer/)")
+    parser.add_argument("--writers", nargs="+", default=["symbolic", "hybrid", "neural"], help="writer config names (conf/writer/)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default benchmarks/results/world-models-<time>.json); never overwritten")

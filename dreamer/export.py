@@ -1,6 +1,7 @@
 """`python -m dreamer.export RUN_DIR envs/NAME`: an accepted sim as an ordinary, importable Gymnasium env module.
 
-The folder it makes holds the sim's source as the sandbox accepted it (`sim.py`), the sandbox's report
+The folder it makes holds the sim's source as the sandbox accepted it (`sim.py`, with `sim.safetensors`
+beside it for a learned sim's weights), the sandbox's report
 (`report.json`), the run's config (`config.yaml`) and an `__init__.py` that registers `dreamer/NAME-v0`.
 Under `envs/`, `import envs` registers it with the rest; anywhere else, `import NAME` (its parent on
 `sys.path`). `gymnasium.make(id, device=...)` builds a `SimEnv`, `gymnasium.make_vec(id, num_envs,
@@ -27,6 +28,7 @@ from dreamer.inspect.tables import number
 from dreamer.sandbox import load_sim
 from dreamer.sandbox.loading import REPORT_NAME
 from dreamer.sim.env import SimEnv, SimVectorEnv
+from dreamer.sim.weights import weights_path
 
 SIM_FILE = "sim.py"
 
@@ -60,13 +62,13 @@ class ExportError(ValueError):
 
 def sim_env(path: str, device: str = "cpu") -> SimEnv:
     """The registered entry point of an exported sim: one env with numpy I/O."""
-    return SimEnv(load_sim(path), device=device)
+    return SimEnv(load_sim(path, device), device=device)
 
 
 def sim_vector_env(path: str, num_envs: int, device: str = "cpu", compile: bool = False) -> SimVectorEnv:
     """The registered vector entry point of an exported sim: `num_envs` copies on `device` (`compile`: see
     `SimVectorEnv`)."""
-    return SimVectorEnv(load_sim(path), num_envs, device, compile)
+    return SimVectorEnv(load_sim(path, device), num_envs, device, compile)
 
 
 def export(run_dir: str | Path, target: str | Path) -> str:
@@ -89,6 +91,8 @@ def export(run_dir: str | Path, target: str | Path) -> str:
     fidelity = run.report.fidelity
     with atomic_dir(target) as staging:
         shutil.copyfile(run.sim_path, staging / SIM_FILE)
+        if weights_path(run.sim_path).is_file():
+            shutil.copyfile(weights_path(run.sim_path), weights_path(staging / SIM_FILE))
         shutil.copyfile(run.env_dir / REPORT_NAME, staging / REPORT_NAME)
         shutil.copyfile(run.path / "config.yaml", staging / "config.yaml")
         (staging / "__init__.py").write_text(MODULE.format(

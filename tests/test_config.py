@@ -94,7 +94,7 @@ def test_impossible_values_are_refused_with_the_key(overrides, message):
     ("train", ["trace.kind=stream"], "trace.kind='stream' is not one of ['gym', 'file']"),
     ("train", ["trace.steps_per_round=[1000,2.5]"], "trace.steps_per_round=[1000, 2.5] is not a list of int or null"),
     ("train", ["logger.kind=wandbb"], "logger.kind='wandbb' is not one of ['wandb', 'none']"),
-    ("train", ["writer.kind=gpt"], "writer.kind='gpt' is not one of ['llm', 'symbolic']"),
+    ("train", ["writer.kind=gpt"], "writer.kind='gpt' is not one of ['auto', 'hybrid', 'llm', 'neural', 'symbolic']"),
     ("train", ["algo.kind=sac"], "algo.kind='sac' is not one of ['ppo']"),
     ("train", ["policy.kind=tree"], "policy.kind='tree' is not one of ['mlp', 'sequence']"),
     ("train", ["policy=sequence"], "pipeline=dream trains policy.kind in ['mlp'], got policy.kind='sequence' (policy=mlp selects it)"),

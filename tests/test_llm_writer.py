@@ -180,7 +180,7 @@ def test_make_writer_names_bad_keys():
         make_writer({**values, "candidate": 3})
     with pytest.raises(ValueError, match="candidates must be a positive int"):
         make_writer({**values, "candidates": 0})
-    with pytest.raises(ValueError, match=r"writer.kind='gpt' is not one of \['llm', 'symbolic'\]"):
+    with pytest.raises(ValueError, match=r"writer.kind='gpt' is not one of \['auto', 'hybrid', 'llm', 'neural', 'symbolic'\]"):
         make_writer({**values, "kind": "gpt"})
 
 

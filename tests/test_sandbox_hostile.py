@@ -419,3 +419,11 @@ def test_source_that_nests_past_the_recursion_limit_is_refused_not_crashed_on():
     deep = "def f(x):\n    return " + " + ".join(["x"] * 3000) + "\n"
     [violation] = check_source(deep, "deep.py")
     assert "nests too deeply" in violation.message
+
+
+def test_source_longer_than_the_limit_is_rejected_unread(config, held_out):
+    """A generated file of megabytes (a writer gone wrong, or a way to stall the checker) is refused by its size."""
+    long = "X = [" + ", ".join(["1.0"] * 200_000) + "]\n"
+    report = validate(long, held_out, dataclasses.replace(config, max_source_kb=100), "long")
+    assert not report.accepted and report.attempts == 0
+    assert report.reasons == ["source too long to check: 977 KB, more than sandbox.max_source_kb = 100"]

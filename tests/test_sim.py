@@ -197,7 +197,7 @@ def test_a_failed_compile_warns_and_steps_eagerly_with_the_same_numbers(cartpole
     sim = FuncSim.from_source(cartpole_source)
 
     def no_compiler(function, **options):
-        def fails(*args):
+        def fails(*args, **kwargs):
             raise RuntimeError("no C++ compiler found")
         return fails
 
@@ -222,7 +222,7 @@ def test_the_branch_free_step_for_accelerators_compiles_to_the_same_numbers():
         record = []
         for _ in range(25):
             with torch.no_grad():  # as SimVectorEnv.step runs it
-                obs, reward, terminated, truncated, done, final_obs = step(sim, state, steps, torch.randint(0, 2, (32,), generator=actions), rng)
+                obs, reward, terminated, truncated, done, final_obs, _, _ = step(sim, state, steps, torch.randint(0, 2, (32,), generator=actions), rng)
             assert torch.equal(obs[~done], final_obs[~done]) and torch.equal(state, obs)  # observation is the state
             assert (obs[done].abs() <= 0.05).all() and (steps[done] == 0).all()  # finished rows start anew
             record += [obs, reward, terminated, truncated, final_obs, steps.clone()]

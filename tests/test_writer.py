@@ -1,5 +1,3 @@
-import dataclasses
-
 import gymnasium
 import numpy as np
 import pytest
@@ -108,7 +106,7 @@ def test_a_bound_the_session_met_on_one_side_holds_on_the_other(writer, seen_sid
     terminated = (np.abs(states[:, 0]) > 2.4) | (np.abs(states[:, 1]) > 0.21)
     unseen = np.array([[-seen_side * 2.6, 0.0], [-seen_side * 1.0, 0.0], [-seen_side * 1.0, 0.3]])
     for seed in range(8):  # the tree breaks ties between equal splits at random
-        expression = fit_termination(Coordinates(2, ()), states, terminated, dataclasses.replace(writer.config, seed=seed))
+        expression = fit_termination(Coordinates(2, ()), states, terminated, writer.config.termination_max_depth, seed)
         np.testing.assert_array_equal(terminates(expression, unseen), [True, False, True], err_msg=expression)
 
 
@@ -117,6 +115,6 @@ def test_a_one_sided_goal_stays_one_sided(writer):
     tree uses the signed coordinate."""
     rng = np.random.default_rng(0)
     states = np.stack([rng.uniform(-1.2, 0.6, 4000), rng.uniform(-0.07, 0.07, 4000)], axis=1)
-    expression = fit_termination(Coordinates(2, ()), states, states[:, 0] >= 0.5, writer.config)
+    expression = fit_termination(Coordinates(2, ()), states, states[:, 0] >= 0.5, writer.config.termination_max_depth, writer.config.seed)
     np.testing.assert_array_equal(terminates(expression, np.array([[0.55, 0.0], [-0.9, 0.0], [-0.55, 0.0]])),
                                   [True, False, False])

@@ -16,6 +16,8 @@ from dreamer.config import CONF_DIR, build, choose, resolve_device, to_plain, ty
 from dreamer.loggers import LoggerConfig
 from dreamer.rl import MLPPolicyConfig, NoveltyConfig, PPOConfig
 from dreamer.rl.sequence import SequencePolicyConfig
+from dreamer.sim.branch import BranchConfig
+from dreamer.sim.env import UncertaintyConfig
 from dreamer.traces.storage import TABLES
 from dreamer.traces.table import TableColumns
 
@@ -78,6 +80,8 @@ class SimConfig:
 
     name: str  # the env file is env/<name>.py; registered as gymnasium id dreamer/<name>
     compile: bool  # torch.compile the fused vector step of training envs (`SimVectorEnv(compile=...)`)
+    uncertainty: UncertaintyConfig  # what the training envs do with a learned sim's uncertainty
+    branch: BranchConfig  # where the training envs' dream episodes start and how long they last
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):

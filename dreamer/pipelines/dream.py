@@ -16,6 +16,7 @@ from functools import partial
 
 import gymnasium
 import numpy as np
+import torch
 from gymnasium import spaces
 from omegaconf import DictConfig
 from rich.console import Console
@@ -30,6 +31,7 @@ from dreamer.rl import (MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, 
                         train_ppo)
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import FuncSim, SimVectorEnv
+from dreamer.sim.branch import branched
 from dreamer.sim.fidelity import Fidelity
 from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
@@ -122,10 +124,15 @@ def summary_table(metrics: dict) -> Table:
     fidelity = None if metrics["fidelity"] is None else Fidelity.from_dict(metrics["fidelity"])
     rows = [
         ("accepted sim", str(metrics["accepted"])),
+        ("sim written by", f"writer={metrics['writer']} ({metrics['sim_candidate']})"
+                           + "".join(f"; tried first: {line}" for line in metrics["writers_tried"])),
         ("real env steps", f"{metrics['real_env_steps']:,}"),
         ("dream env steps", f"{metrics['dream_env_steps']:,}"),
         ("dream steps/s (PPO)", f"{metrics['dream_steps_per_second']:,.0f}" + (
             "" if metrics["sim_compile_seconds"] is None else f" (step compiled in {metrics['sim_compile_seconds']:.1f} s)")),
+        *([("dream model uncertainty", f"{metrics['dream_uncertainty']['mean']:.3g} per step (mean); "
+                                       f"{metrics['dream_uncertainty']['truncated_share']:.1%} of steps truncated for it")]
+          if metrics["dream_uncertainty"] is not None else []),
         ("one-step obs NRMSE (held out)", number(fidelity and fidelity.obs_nrmse_mean)),
         ("termination accuracy (held out)", termination_figure(fidelity)),
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
@@ -192,7 +199,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
     policy: MLPPolicy | None = None
     round_policies: dict[int, dict] = {}  # round -> its trained task policy (state dict), for the pick at the end
     explorer = False  # the policy of the round before is an explorer
-    dream_steps, sps, compile_seconds, written, last_update = 0, 0.0, None, None, None
+    dream_steps, sps, compile_seconds, written, last_update, uncertainty = 0, 0.0, None, None, None, None
     env_dir = run_dir / "env"
     for r, num_steps in enumerate(rounds):
         round_dir = env_dir if r == len(rounds) - 1 else env_dir / f"round_{r}"
@@ -208,6 +215,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
                 round_policies[r + 1] = trained["policy"]
             dream_steps += trained["env_steps"]
             sps, compile_seconds, last_update = trained["steps_per_second"], trained["sim_compile_seconds"], trained["last_update"]
+            uncertainty = trained.get("dream_uncertainty")  # absent from stages saved before it was measured
             continue
         if num_steps is not None:
             missing = sum(rounds[:r + 1]) - (0 if session is None else len(session))
@@ -242,7 +250,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
             console.print(f"  no PPO in round {r + 1}: its sim was rejected; round {r + 2} records more of the session "
                           f"for the writer, acting as round {r + 1} did")
             continue
-        sim = load_sim(round_dir / f"{sim_name}.py")
+        sim = load_sim(round_dir / f"{sim_name}.py", device)  # a learned sim's weights on the dream's device
         # A fresh policy in every round: one carried over keeps what the earlier, poorer dream taught it and
         # PPO does not unlearn it (benchmarks/dream_diagnosis.py); the earlier policy only gathered this round's data.
         policy = MLPPolicy(session.observation_space, session.action_space, cfg.policy).to(device)
@@ -251,7 +259,8 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         if explore:  # this round's policy is the next round's explorer
             console.print(f"  the session shows {lacking}: training an explorer in the dream, rewarded for novelty")
             sim = novelty_sim(sim, train_trace.next_obs, trace.explore, cfg.seed + r)
-        envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device, compile=cfg.sim.compile)
+        sim = branched(sim, cfg.sim.branch, torch.as_tensor(train_trace.obs))
+        envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device, compile=cfg.sim.compile, uncertainty=cfg.sim.uncertainty)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
         before, progress = dream_steps, stages.progress(ppo_stage)
         result = train_ppo(policy, envs, cfg.ppo, seed=cfg.seed + r,
@@ -260,10 +269,11 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
                            checkpoint=partial(stages.save_progress, ppo_stage),
                            resume=None if progress is None else progress[0])
         dream_steps += result.env_steps
-        sps, last_update = result.steps_per_second, result.history[-1]
+        sps, last_update, uncertainty = result.steps_per_second, result.history[-1], envs.uncertainty_stats()
         compile_seconds = envs.compile_seconds if envs.compiled else None
         stages.finish(ppo_stage, {"policy": policy.state_dict(), "env_steps": result.env_steps, "steps_per_second": sps,
-                                  "sim_compile_seconds": compile_seconds, "last_update": last_update, "explorer": explore})
+                                  "sim_compile_seconds": compile_seconds, "last_update": last_update, "explorer": explore,
+                                  "dream_uncertainty": uncertainty})
         explorer = explore
         if not explore:
             round_policies[r + 1] = copy.deepcopy(policy.state_dict())  # the pick loads others into this module
@@ -277,7 +287,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         session = load_trace(run_dir / "trace.jsonl")
     returns, teacher_returns, report, pick = None, None, written.report, None
     if report.accepted:
-        pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py"), eval_config)
+        pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py", device), eval_config)
         policy.cpu().save(run_dir / "policy")
         if eval_config.env_id:
             returns = evaluate_policy(policy, gymnasium.make(eval_config.env_id), eval_config.episodes, eval_config.seed)
@@ -290,11 +300,13 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         "reasons": report.reasons,
         "writer": cfg.writer.name,
         "sim_candidate": written.label,
+        "writers_tried": list(written.tried),  # writer=auto: the writers whose sims came before the pick, with verdicts
         "seed": cfg.seed,
         "real_env_steps": len(session),
         "dream_env_steps": dream_steps,
         "dream_steps_per_second": sps,
         "sim_compile_seconds": compile_seconds,  # the last PPO round's; None: stepped eagerly (sim.compile)
+        "dream_uncertainty": uncertainty,  # the last PPO round's {"mean", "truncated_share"}; None: not measured
         "real_return_mean": None if returns is None else float(returns.mean()),
         "real_return_std": None if returns is None else float(returns.std()),
         "real_eval_episodes": 0 if returns is None else len(returns),

@@ -50,10 +50,11 @@ def write(cfg: WriteConfig, run: Run) -> tuple[dict, RenderableType]:
     written = write_sim(cfg.writer, train, held_out, cfg.sandbox, cfg.sim.name, run.dir / "env")
     report = written.report
     metrics = {"accepted": report.accepted, "reasons": report.reasons, "writer": cfg.writer.name,
-               "sim_candidate": written.label, "real_env_steps": len(session), "train_episodes": train.num_episodes,
+               "sim_candidate": written.label, "writers_tried": list(written.tried), "real_env_steps": len(session), "train_episodes": train.num_episodes,
                "held_out_episodes": held_out.num_episodes,
                "fidelity": None if report.fidelity is None else report.fidelity.to_dict()}
     summary = Group(report_table(report), fidelity_table(report),
+                    *[f"tried first: {line}" for line in written.tried],
                     f"writer={cfg.writer.name} ({written.label}): {verdict_line(report)}",
                     f"sim written to {run.dir / 'env' / (cfg.sim.name + '.py')}; inspect it with: "
                     f"python -m dreamer.inspect {run.dir}")

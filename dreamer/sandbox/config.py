@@ -45,6 +45,8 @@ class SandboxConfig:
     max_processes: int  # RLIMIT_NPROC headroom (processes and threads) over the user's current count
     max_open_files: int  # RLIMIT_NOFILE of the worker
     max_output_mb: float  # stdout read cap, also RLIMIT_FSIZE (files, stderr log)
+    max_weights_mb: float  # largest weights file a sim may come with (a learned sim's safetensors)
+    max_source_kb: float  # longest source the static check reads; a longer one is rejected unread
     workers: int  # candidates validated at once, each in its own worker: <= workers x memory_mb in all
     seed: int  # seeds the rollouts and the random actions
     kstep: int  # horizon of the open-loop fidelity figure (steps)
@@ -79,6 +81,7 @@ class SandboxConfig:
         if not 0 <= config.planning.smoothing < 1:
             raise ValueError(f"sandbox.planning.smoothing must be in [0, 1), got {config.planning.smoothing!r}")
         for key, value in (("timeout_s", config.timeout_s), ("max_output_mb", config.max_output_mb),
+                           ("max_weights_mb", config.max_weights_mb), ("max_source_kb", config.max_source_kb),
                            ("tolerances.state", config.tolerances.state),
                            ("tolerances.reward", config.tolerances.reward)):
             if not isinstance(value, int | float) or value <= 0:

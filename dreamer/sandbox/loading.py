@@ -1,22 +1,29 @@
-"""Load a sim file for training: static check, the sandbox's verdict if one lies beside it, then exec."""
+"""Load a sim file for training: static check, the sandbox's verdict if one lies beside it, then exec (with the
+weights file beside it, if any)."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
+import torch
+
 from dreamer.sandbox.static import UnsafeSourceError, check_source
 from dreamer.sim.contract import FuncSim
+from dreamer.sim.weights import read_weights_beside, weights_path
 
 REPORT_NAME = "report.json"
 
 
-def load_sim(path: str | Path) -> FuncSim:
-    """A sim from a `.py` file, or from a run dir holding exactly one `env/*.py`.
+def load_sim(path: str | Path, device: str | torch.device = "cpu") -> FuncSim:
+    """A sim from a `.py` file (and the `.safetensors` of its weights beside it, if any), or from a run dir
+    holding exactly one `env/*.py`.
 
     Raises UnsafeSourceError if the source fails `check_source`, and ValueError if a
     `report.json` in the sim's folder says it was rejected. The returned functions are
-    device-agnostic: pick the device when building `SimEnv`/`SimVectorEnv`.
+    device-agnostic: pick the device when building `SimEnv`/`SimVectorEnv`; `device` is where the
+    weights are loaded (the envs' device saves a copy per step).
     """
     path = Path(path)
     if path.is_dir():
@@ -34,4 +41,12 @@ def load_sim(path: str | Path) -> FuncSim:
         if report.get("accepted") is not True:
             reasons = "\n".join(f"  - {reason}" for reason in report.get("reasons", []))
             raise ValueError(f"{report_path} rejected this sim (accepted={report.get('accepted')!r}):\n{reasons}")
-    return FuncSim.from_source(source, name=path.stem)
+    weights = read_weights_beside(path, device)
+    if weights is None and reads_weights(source):
+        raise ValueError(f"{path} reads WEIGHTS, but no weights file lies beside it (expected {weights_path(path)})")
+    return FuncSim.from_source(source, name=path.stem, weights=weights)
+
+
+def reads_weights(source: str) -> bool:
+    """Whether statically checked `source` reads the name `WEIGHTS` (a learned sim's tensors)."""
+    return any(isinstance(node, ast.Name) and node.id == "WEIGHTS" for node in ast.walk(ast.parse(source)))

@@ -14,12 +14,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from dreamer.artifacts import write_json
 from dreamer.sandbox.config import SandboxConfig
@@ -27,6 +29,7 @@ from dreamer.sandbox.isolation import Isolated, cancel_on, run_isolated
 from dreamer.sandbox.static import check_source
 from dreamer.sim.contract import space_to_dict
 from dreamer.sim.fidelity import HELD_OUT_ARRAYS, Fidelity
+from dreamer.sim.weights import save_weights
 
 if TYPE_CHECKING:  # the worker imports this package: it must not pay for the trace readers
     from dreamer.traces import Trace
@@ -70,10 +73,17 @@ class SandboxReport:
         return cls(**{**values, "fidelity": fidelity})
 
 
-def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "sim") -> SandboxReport:
-    """Statically check `source`, then run the worker's suite on it against `held_out`; a worker killed
-    from outside the sandbox is retried once, one that failed any limit or check is not."""
+def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "sim",
+             weights: Mapping[str, torch.Tensor] | None = None) -> SandboxReport:
+    """Statically check `source`, then run the worker's suite on it (and its `weights`, if any) against
+    `held_out`; a worker killed from outside the sandbox is retried once, one that failed any limit or check
+    is not."""
     start = time.monotonic()
+    size_kb = len(source.encode()) / 1024
+    if size_kb > config.max_source_kb:
+        reason = f"source too long to check: {size_kb:,.0f} KB, more than sandbox.max_source_kb = {config.max_source_kb:g}"
+        return SandboxReport(False, [reason], {"static": {"passed": False, "detail": reason}}, None, STATIC_ONLY,
+                             time.monotonic() - start, name, attempts=0)
     violations = check_source(source, name)
     lines = [f"{name}:{v.line}:{v.col}: {v.message}" for v in violations]
     static = {"passed": not violations, "detail": "\n".join(lines) or "the source passes the allowlist"}
@@ -81,7 +91,7 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
         return SandboxReport(False, [f"unsafe source: {line}" for line in lines], {"static": static}, None,
                              STATIC_ONLY, time.monotonic() - start, name, attempts=0)
     for attempt in range(1, ATTEMPTS + 1):
-        run = _run_worker(source, held_out, config, name)
+        run = _run_worker(source, weights, held_out, config, name)
         if not run.killed_from_outside:
             break
     result, failure = _worker_result(run.stdout, run.failure)
@@ -99,8 +109,9 @@ def validate(source: str, held_out: Trace, config: SandboxConfig, name: str = "s
                          attempts=attempt, counterexamples=result.get("counterexamples", []))
 
 
-def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, names: list[str]) -> list[SandboxReport]:
-    """`validate` of each source, reports in order, with up to `config.workers` worker processes at
+def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, names: list[str],
+                  weights: list[Mapping[str, torch.Tensor] | None] | None = None) -> list[SandboxReport]:
+    """`validate` of each source (with its `weights`, default none), reports in order, with up to `config.workers` worker processes at
     once: at most `workers` x `memory_mb` of worker address space in all (RLIMIT_AS of each; the
     allowlist keeps sims from forking more processes). If one raises or the caller is interrupted
     (KeyboardInterrupt), the running workers are killed and cleaned up, and the rest never start,
@@ -108,7 +119,8 @@ def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, na
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=config.workers, initializer=cancel_on, initargs=(cancel,)) as pool:
         try:
-            futures = [pool.submit(validate, source, held_out, config, name) for source, name in zip(sources, names)]
+            futures = [pool.submit(validate, source, held_out, config, name, tensors)
+                       for source, name, tensors in zip(sources, names, weights or [None] * len(sources))]
             return [future.result() for future in futures]
         except BaseException:
             cancel.set()
@@ -116,13 +128,17 @@ def validate_many(sources: list[str], held_out: Trace, config: SandboxConfig, na
             raise
 
 
-def _run_worker(source: str, held_out: Trace, config: SandboxConfig, name: str) -> Isolated:
+def _run_worker(source: str, weights: Mapping[str, torch.Tensor] | None, held_out: Trace, config: SandboxConfig,
+                name: str) -> Isolated:
     """One run of the worker on `source`, in a fresh temporary directory removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="dreamer-sandbox-") as workdir:
         np.savez(Path(workdir) / "held_out.npz", **{key: getattr(held_out, key) for key in HELD_OUT_ARRAYS})
+        if weights is not None:
+            save_weights(Path(workdir) / "weights.safetensors", weights)
         request = {
             "name": name,
             "source": source,
+            "weights": None if weights is None else str(Path(workdir) / "weights.safetensors"),
             "held_out": str(Path(workdir) / "held_out.npz"),
             "observation_shape": list(held_out.observation_space.shape),
             "action_space": space_to_dict(held_out.action_space),

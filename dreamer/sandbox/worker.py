@@ -2,7 +2,7 @@
 
 Reads one JSON request from stdin:
 
-    {"name": str, "source": str, "held_out": path of an NPZ (no pickles) with the arrays of
+    {"name": str, "source": str, "weights": path of the sim's safetensors or null, "held_out": path of an NPZ (no pickles) with the arrays of
      `dreamer.traces.Trace`, "observation_shape": [O], "action_space": space dict, "config": dict}
 
 runs the validation suite on the untrusted sim and writes one JSON result to stdout:
@@ -36,6 +36,7 @@ from dreamer.sandbox.config import FidelityThresholds, SandboxConfig
 from dreamer.sandbox.static import check_source
 from dreamer.sim import FuncSim, SimEnv, SimVectorEnv
 from dreamer.sim.fidelity import Fidelity, HeldOut, counterexamples, measure_fidelity, predict, seeded_generator
+from dreamer.sim.weights import WeightsError, load_weights
 
 CHECKS = ("loads", "spaces", "gymnasium_checker", "shapes_and_dtypes", "rows_independent",
           "deterministic", "finite", "fidelity", "planning")
@@ -65,14 +66,19 @@ def _describe(tensor) -> str:
     return f"shape {tuple(tensor.shape)} {tensor.dtype}"
 
 
-def check_loads(source: str, name: str) -> tuple[Check, FuncSim | None]:
+def check_loads(source: str, name: str, weights_file: str | None, max_weights_mb: float) -> tuple[Check, FuncSim | None]:
     violations = check_source(source, name)
     if violations:
         lines = [f"{name}:{v.line}:{v.col}: {v.message}" for v in violations]
         return Check(False, "unsafe source:\n" + "\n".join(lines), [f"unsafe source: {line}" for line in lines]), None
-    sim = FuncSim.from_source(source, name=name)
+    try:
+        weights = None if weights_file is None else load_weights(weights_file, max_mb=max_weights_mb)
+    except WeightsError as error:
+        return Check(False, f"weights: {error}", [f"weights: {error}"]), None
+    sim = FuncSim.from_source(source, name=name, weights=weights)
+    with_weights = "" if weights is None else f", {len(weights)} weight tensors ({sum(t.numel() for t in weights.values()):,} numbers)"
     return Check(True, f"observation {sim.observation_space}, action {sim.action_space}, "
-                       f"max_episode_steps {sim.max_episode_steps}"), sim
+                       f"max_episode_steps {sim.max_episode_steps}{with_weights}"), sim
 
 
 def check_spaces(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Check:
@@ -119,7 +125,13 @@ def check_shapes(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Chec
     expect("transition", next_state, tuple(state.shape), torch.float32)
     expect("reward", sim.reward(state, action, next_state, rng), (n,), torch.float32)
     expect("terminal", sim.terminal(next_state, rng), (n,), torch.bool)
-    return Check(not problems, "; ".join(problems) or f"all five functions keep the contract on a batch of {n}")
+    if sim.uncertainty is not None:
+        uncertainty = sim.uncertainty(state, action, rng)
+        expect("uncertainty", uncertainty, (n,), torch.float32)
+        if isinstance(uncertainty, torch.Tensor) and not bool((uncertainty >= 0).all()):  # NaN fails too
+            problems.append(f"uncertainty must be >= 0, got {uncertainty.min().item()}")
+    functions = "all six functions" if sim.uncertainty is not None else "all five functions"
+    return Check(not problems, "; ".join(problems) or f"{functions} keep the contract on a batch of {n}")
 
 
 def check_rows_independent(sim: FuncSim, held_out: HeldOut, config: SandboxConfig) -> Check:
@@ -277,7 +289,7 @@ def run_suite(request: dict) -> dict:
 
     def loads() -> Check:
         nonlocal sim
-        check, sim = check_loads(request["source"], request["name"])
+        check, sim = check_loads(request["source"], request["name"], request.get("weights"), config.max_weights_mb)
         return check
 
     examples: list[dict] = []

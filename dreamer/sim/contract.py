@@ -16,6 +16,15 @@ named as in `gymnasium.experimental.functional.FuncEnv`. Every function works on
     reward(state, action, next_state, rng) -> reward     (n,)   float32
     terminal(state, rng)                   -> terminated (n,)   bool
 
+and, optionally, for a learned model that knows where it is unsure:
+
+    uncertainty(state, action, rng)        -> u          (n,)   float32 >= 0, the model's disagreement
+                                                                about the transition (0: sure)
+
+A sim may come with weights: a safetensors file beside its source (`dreamer.sim.weights`), whose tensors
+the source reads, read-only, as the module-level mapping `WEIGHTS` (name -> tensor, on the device they were
+loaded to; the source moves them to its inputs' device).
+
 `rng` is a `torch.Generator` on the sims's device (`rng.device`); `action` is (n,) int64 for a
 Discrete space and (n, A) float32, already clipped to the bounds, for a Box space. When the
 trace's observation is the full state (the default), the state *is* the observation vector and
@@ -32,7 +41,7 @@ import builtins
 import hashlib
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +49,7 @@ import torch
 from gymnasium import spaces
 
 FUNCTIONS = ("initial", "transition", "observation", "reward", "terminal")
+OPTIONAL_FUNCTIONS = ("uncertainty",)
 CONSTANTS = ("OBSERVATION_LOW", "OBSERVATION_HIGH", "ACTION_SPACE", "MAX_EPISODE_STEPS")
 
 # The builtins a sim may call; everything else (open, eval, __import__, ...) is absent at run time.
@@ -98,15 +108,22 @@ class FuncSim:
     observation: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     reward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
     terminal: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    uncertainty: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @classmethod
-    def from_source(cls, source: str, name: str = "sim") -> "FuncSim":
-        """Execute vetted sim source with only safe builtins and imports and bind its contract."""
+    def from_source(cls, source: str, name: str = "sim", weights: Mapping[str, torch.Tensor] | None = None) -> "FuncSim":
+        """Execute vetted sim source with only safe builtins and imports and bind its contract; `weights`
+        (name -> tensor) become its read-only `WEIGHTS`."""
         safe = {key: getattr(builtins, key) for key in SAFE_BUILTINS}
         safe["__import__"] = _restricted_import
-        digest = hashlib.sha256(f"{name}\0{source}".encode()).hexdigest()[:16]
-        module = types.ModuleType(f"dreamer_sim_{name}_{digest}")  # one name per (name, source)
+        digest = hashlib.sha256(f"{name}\0{source}".encode())
+        for key, tensor in sorted((weights or {}).items()):  # a sim's module name names its weights too
+            digest.update(f"\0{key}\0{tuple(tensor.shape)}\0{tensor.dtype}\0{tensor.device}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        module = types.ModuleType(f"dreamer_sim_{name}_{digest.hexdigest()[:16]}")  # one name per sim
         module.__builtins__ = safe
+        if weights is not None:
+            module.WEIGHTS = types.MappingProxyType({key: tensor.detach().clone() for key, tensor in weights.items()})
         exec(compile(source, f"<sim {name}>", "exec"), module.__dict__)
         namespace = module.__dict__
         missing = [key for key in FUNCTIONS + CONSTANTS if key not in namespace]
@@ -115,6 +132,9 @@ class FuncSim:
         not_callable = [key for key in FUNCTIONS if not callable(namespace[key])]
         if not_callable:
             raise SimContractError(f"sim {name!r}: {not_callable} must be functions")
+        optional = {key: namespace[key] for key in OPTIONAL_FUNCTIONS if key in namespace}
+        if not all(callable(function) for function in optional.values()):
+            raise SimContractError(f"sim {name!r}: {sorted(optional)} must be functions")
         low = np.asarray(namespace["OBSERVATION_LOW"], dtype=np.float32)
         high = np.asarray(namespace["OBSERVATION_HIGH"], dtype=np.float32)
         if low.ndim != 1 or low.shape != high.shape:
@@ -130,6 +150,7 @@ class FuncSim:
             action_space=space_from_dict(namespace["ACTION_SPACE"]),
             max_episode_steps=horizon,
             **{key: namespace[key] for key in FUNCTIONS},
+            **optional,
         )
 
     def action_tensor(self, action, device: torch.device) -> torch.Tensor:

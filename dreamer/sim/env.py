@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from types import FunctionType
 from typing import Any
@@ -73,40 +74,70 @@ class SimEnv(Env):
         return obs[0].detach().to("cpu", torch.float32).numpy()
 
 
-def advance(sim: FuncSim, state: torch.Tensor, steps: torch.Tensor, action: torch.Tensor,
-            rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """What the dream does with a learned sim's `uncertainty` (MOPO, Yu et al. 2020; MBPO/MOReL-style truncation).
+    A sim without the function is stepped as it is."""
+
+    penalty: float                 # reward -= penalty x uncertainty (MOPO's λ, reward units per unit); 0: off
+    truncate_above: float | None   # a row whose uncertainty exceeds this is truncated there; None: never
+
+    def __post_init__(self):
+        if not self.penalty >= 0 or not (self.truncate_above is None or self.truncate_above > 0):
+            raise ValueError(f"uncertainty.penalty must be >= 0 and truncate_above > 0 or null, got "
+                             f"{self.penalty!r} and {self.truncate_above!r}")
+
+    @property
+    def used(self) -> bool:
+        return self.penalty > 0 or self.truncate_above is not None
+
+
+def advance(sim: FuncSim, state: torch.Tensor, steps: torch.Tensor, action: torch.Tensor, rng: torch.Generator,
+            uncertainty: UncertaintyConfig | None = None) -> tuple[torch.Tensor, ...]:
     """Every row one step on, in place: state (n, S) becomes the next state, steps (n,) int32 (steps taken
-    in the episode) counts one more. -> obs (n, O), reward (n,) float32, terminated (n,) bool."""
+    in the episode) counts one more. With `uncertainty` in use (and a sim that reports it), the reward pays
+    its penalty and rows above its limit are marked. -> obs (n, O), reward (n,) float32, terminated (n,) bool,
+    unsure (n,) bool (rows to truncate), u (n,) float32 (the sim's uncertainty; zeros when not measured)."""
+    measured = uncertainty is not None and uncertainty.used and sim.uncertainty is not None
+    # Cloned: a sim may return a view of `state` (`return state[:, 0]`), which the in-place step below overwrites.
+    u = sim.uncertainty(state, action, rng).float().clone() if measured else torch.zeros(state.shape[0], device=state.device)
     next_state = sim.transition(state, action, rng)
-    reward = sim.reward(state, action, next_state, rng).float()
+    reward = sim.reward(state, action, next_state, rng).float().clone()
     terminated = sim.terminal(next_state, rng).bool()
     obs = sim.observation(next_state, rng)
     state.copy_(next_state)
     steps.add_(1)
-    return obs, reward, terminated
+    if measured:
+        reward = reward - uncertainty.penalty * u
+        limit = uncertainty.truncate_above
+        unsure = u > limit if limit is not None else torch.zeros_like(terminated)
+    else:
+        unsure = torch.zeros_like(terminated)
+    return obs, reward, terminated, unsure, u
 
 
-def end_episodes(steps: torch.Tensor, terminated: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows at the horizon that did not terminate are truncated; the finished rows' step counts go back
-    to 0 in place. -> truncated (n,) bool, done (n,) bool."""
-    truncated = (steps >= horizon) & ~terminated
+def end_episodes(steps: torch.Tensor, terminated: torch.Tensor, unsure: torch.Tensor,
+                 horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows at the horizon, or `unsure` (n,) bool, that did not terminate are truncated; the finished rows' step
+    counts go back to 0 in place. -> truncated (n,) bool, done (n,) bool."""
+    truncated = ((steps >= horizon) | unsure) & ~terminated
     done = terminated | truncated
     steps.masked_fill_(done, 0)
     return truncated, done
 
 
 def step_and_reset_every_row(sim: FuncSim, state: torch.Tensor, steps: torch.Tensor, action: torch.Tensor,
-                             rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+                             rng: torch.Generator, uncertainty: UncertaintyConfig | None = None) -> tuple[torch.Tensor, ...]:
     """The whole vector step, branch-free (no host sync, for accelerators): a start is drawn for every row,
     then `advance`, `end_episodes`, and the start kept where the row finished. (The draw comes first: dynamo
     cannot trace a draw from a `torch.Generator`, so the rest stays one graph.)
-    -> obs, reward, terminated, truncated, done, final_obs (the observation before the reset)."""
+    -> obs, reward, terminated, truncated, done, final_obs (the observation before the reset), unsure, u."""
     starts = sim.initial(rng, state.shape[0])
-    final_obs, reward, terminated = advance(sim, state, steps, action, rng)
-    truncated, done = end_episodes(steps, terminated, sim.max_episode_steps)
+    final_obs, reward, terminated, unsure, u = advance(sim, state, steps, action, rng, uncertainty)
+    truncated, done = end_episodes(steps, terminated, unsure, sim.max_episode_steps)
     state.copy_(torch.where(done[:, None], starts, state))
     obs = torch.where(done[:, None], sim.observation(state, rng), final_obs)
-    return obs, reward, terminated, truncated, done, final_obs
+    return obs, reward, terminated, truncated, done, final_obs, unsure, u
 
 
 def _own_copy(function: FunctionType) -> FunctionType:
@@ -131,6 +162,10 @@ class SimVectorEnv(VectorEnv):
     `initial` fills `num_envs` at a time. (Inductor's CPU code for bool masks measured slower than eager
     ops, and rows picked by data cannot be in a static graph; see benchmarks/README.md.)
 
+    With `uncertainty` in use and a sim that reports its uncertainty, rewards pay its penalty and rows above its
+    limit are truncated (`UncertaintyConfig`); `info["uncertainty"]` holds every step's (num_envs,) figures
+    (zeros when not measured), and `uncertainty_stats()` sums them up.
+
     With `compile=True` the fused function goes through `torch.compile(dynamic=False)`. The first `reset`
     compiles it, on a copy of the state and with the rng put back, and sets `compile_seconds`. If that
     fails (no C++ compiler, an op dynamo cannot trace), the env warns and steps eagerly (`compiled` is
@@ -139,7 +174,8 @@ class SimVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, sim: FuncSim, num_envs: int, device: str | torch.device = "cpu", compile: bool = False):
+    def __init__(self, sim: FuncSim, num_envs: int, device: str | torch.device = "cpu", compile: bool = False,
+                 uncertainty: UncertaintyConfig | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.sim = sim
@@ -153,8 +189,12 @@ class SimVectorEnv(VectorEnv):
         self.compile_seconds: float | None = None  # wall time of the compile, once `reset` did it
         self._on_cpu = self.device.type == "cpu"
         fused = advance if self._on_cpu else step_and_reset_every_row
-        self._eager = partial(fused, sim)
-        self._fused = partial(torch.compile(_own_copy(fused), dynamic=False), sim) if compile else self._eager
+        self._eager = partial(fused, sim, uncertainty=uncertainty)
+        self._fused = (partial(torch.compile(_own_copy(fused), dynamic=False), sim, uncertainty=uncertainty)
+                       if compile else self._eager)
+        self.measures_uncertainty = uncertainty is not None and uncertainty.used and sim.uncertainty is not None
+        # On the device, so that counting costs no host sync: sum of uncertainty, rows truncated for it, rows stepped.
+        self._uncertainty_totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         self._rng = _seeded_generator(None, self.device)
         self._state: torch.Tensor | None = None
         self._steps = torch.zeros(num_envs, dtype=torch.int32, device=self.device)
@@ -195,17 +235,33 @@ class SimVectorEnv(VectorEnv):
             raise RuntimeError("call reset() before step()")
         action = self.sim.action_tensor(actions, self.device)
         if not self._on_cpu:
-            obs, reward, terminated, truncated, done, final_obs = self._fused(self._state, self._steps, action, self._rng)
-            return obs, reward, terminated, truncated, {"final_obs": final_obs, "_final_obs": done}
-        final_obs, reward, terminated = self._fused(self._state, self._steps, action, self._rng)
-        truncated, done = end_episodes(self._steps, terminated, self.sim.max_episode_steps)
+            obs, reward, terminated, truncated, done, final_obs, unsure, u = self._fused(
+                self._state, self._steps, action, self._rng)
+            self._count(u, unsure & ~terminated)
+            return obs, reward, terminated, truncated, {"final_obs": final_obs, "_final_obs": done, "uncertainty": u}
+        final_obs, reward, terminated, unsure, u = self._fused(self._state, self._steps, action, self._rng)
+        self._count(u, unsure & ~terminated)
+        truncated, done = end_episodes(self._steps, terminated, unsure, self.sim.max_episode_steps)
         rows = done.nonzero().squeeze(1)
         obs = final_obs
         if rows.numel():
             starts = self._take_starts(rows.numel())
             self._state.index_put_((rows,), starts)
             obs = final_obs.index_put((rows,), self.sim.observation(starts, self._rng))
-        return obs, reward, terminated, truncated, {"final_obs": final_obs, "_final_obs": done}
+        return obs, reward, terminated, truncated, {"final_obs": final_obs, "_final_obs": done, "uncertainty": u}
+
+    def _count(self, u: torch.Tensor, truncated_unsure: torch.Tensor) -> None:
+        if self.measures_uncertainty:
+            self._uncertainty_totals += torch.stack([u.double().sum(), truncated_unsure.double().sum(),
+                                                     torch.tensor(float(len(u)), dtype=torch.float64, device=u.device)])
+
+    def uncertainty_stats(self) -> dict[str, float] | None:
+        """{"mean": the sim's mean uncertainty per row step, "truncated_share": share of row steps truncated for
+        it} since the env was made; None when the uncertainty is not measured."""
+        if not self.measures_uncertainty:
+            return None
+        total, truncated, rows = self._uncertainty_totals.tolist()
+        return {"mean": total / max(rows, 1.0), "truncated_share": truncated / max(rows, 1.0)}
 
     def _take_starts(self, count: int) -> torch.Tensor:
         """The pool's next `count` (count, S) episode starts; `initial` draws `max(num_envs, count)` more

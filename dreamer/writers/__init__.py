@@ -6,7 +6,10 @@ from typing import Any
 
 from dreamer.config import build, choose, to_plain
 from dreamer.writers.backends import BackendConfig, make_backend
+from dreamer.writers.fallback import FallbackWriter
+from dreamer.writers.hybrid import HybridWriter, HybridWriterConfig
 from dreamer.writers.llm import LLMWriter, LLMWriterConfig
+from dreamer.writers.neural import NeuralWriter, NeuralWriterConfig
 from dreamer.writers.protocol import Writer, Written, WriteTask, verdict_line
 from dreamer.writers.stage import write_sim
 from dreamer.writers.symbolic import SymbolicWriter, SymbolicWriterConfig
@@ -14,6 +17,34 @@ from dreamer.writers.symbolic import SymbolicWriter, SymbolicWriterConfig
 
 def symbolic_writer(values: dict) -> SymbolicWriter:
     return SymbolicWriter(build(SymbolicWriterConfig, values, "writer", ignore=("kind",)))
+
+
+def neural_writer(values: dict) -> NeuralWriter:
+    return NeuralWriter(build(NeuralWriterConfig, values, "writer", ignore=("kind",)))
+
+
+def hybrid_writer(values: dict) -> HybridWriter:
+    for part in ("symbolic", "neural"):
+        if isinstance(values.get(part), dict):
+            values[part].pop("kind", None)  # the composed `writer/<part>` group's own kind
+    return HybridWriter(build(HybridWriterConfig, values, "writer", ignore=("kind",)))
+
+
+def auto_writer(values: dict) -> FallbackWriter:
+    """`writer.order`'s writers, each from its section (hybrid from both): see `dreamer.writers.fallback`."""
+    order = values.get("order")
+    allowed = ("symbolic", "hybrid", "neural")
+    if not (isinstance(order, list) and order and all(kind in allowed for kind in order)):
+        raise ValueError(f"writer.order must be a non-empty list of {list(allowed)}, got {order!r}")
+    allowed_keys = ["kind", "max_equation_nrmse", "neural", "order", "symbolic"]
+    unknown = sorted(set(values) - set(allowed_keys))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[f'writer.{k}' for k in unknown]}; allowed keys: {allowed_keys}")
+    makers = {"symbolic": lambda: symbolic_writer(dict(values["symbolic"])),
+              "neural": lambda: neural_writer(dict(values["neural"])),
+              "hybrid": lambda: hybrid_writer({"symbolic": dict(values["symbolic"]), "neural": dict(values["neural"]),
+                                               "max_equation_nrmse": values.get("max_equation_nrmse")})}
+    return FallbackWriter([makers[kind]() for kind in order])
 
 
 def llm_writer(values: dict) -> LLMWriter:
@@ -25,7 +56,8 @@ def llm_writer(values: dict) -> LLMWriter:
     return LLMWriter(build(LLMWriterConfig, values, "writer", ignore=("kind", *backend_keys)), backend)
 
 
-WRITERS = {"symbolic": symbolic_writer, "llm": llm_writer}  # writer.kind -> the writer from its section
+WRITERS = {"symbolic": symbolic_writer, "hybrid": hybrid_writer, "neural": neural_writer, "auto": auto_writer,
+           "llm": llm_writer}  # writer.kind -> the writer from its section
 
 
 def make_writer(section: Mapping[str, Any]) -> Writer:
@@ -34,5 +66,6 @@ def make_writer(section: Mapping[str, Any]) -> Writer:
     return choose(WRITERS, values.get("kind"), "writer.kind")(values)
 
 
-__all__ = ["LLMWriter", "LLMWriterConfig", "SymbolicWriter", "SymbolicWriterConfig", "WriteTask", "Writer",
+__all__ = ["FallbackWriter", "HybridWriter", "HybridWriterConfig", "LLMWriter", "LLMWriterConfig", "NeuralWriter",
+           "NeuralWriterConfig", "SymbolicWriter", "SymbolicWriterConfig", "WriteTask", "Writer",
            "Written", "make_writer", "verdict_line", "write_sim"]

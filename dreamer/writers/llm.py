@@ -100,7 +100,7 @@ class LLMWriter:
             [report] = task.judge([task.previous])
             answer = f"```python\n{task.previous.strip()}\n```\n"
             pool.append(Candidate("previous", None, answer, task.previous, report))
-            save_candidate(audit, "previous", task.previous, report)
+            save_candidate(audit, Written(task.previous, report, "previous"))
             console.print(f"  previous round's sim on the new data: {verdict_line(report)}")
         iterations_run = 0
         for iteration in range(1, cfg.iterations + 1):
@@ -134,7 +134,7 @@ class LLMWriter:
 
     @staticmethod
     def save(candidate: Candidate, request: Request, audit: Path) -> None:
-        folder = save_candidate(audit, candidate.label, candidate.source, candidate.report)
+        folder = save_candidate(audit, Written(candidate.source, candidate.report, candidate.label))
         write_json(folder / "request.json", asdict(request))
         write_text(folder / "prompt.md", "\n\n".join(f"## {message['role']}\n\n{message['content']}"
                                                      for message in request.messages) + "\n")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from dreamer.artifacts import write_text
 from dreamer.sandbox import SandboxConfig, SandboxReport, validate_many
+from dreamer.sim.weights import save_weights, weights_path
 from dreamer.traces import Trace
+
+Weights = Mapping[str, torch.Tensor]  # a learned sim's tensors, by name (its `WEIGHTS`)
 
 @dataclass(frozen=True)
 class WriteTask:
@@ -21,18 +27,30 @@ class WriteTask:
     audit_dir: Path  # where the writer leaves the trail of its search
     previous: str | None  # the sim accepted in the previous round, if any
 
-    def judge(self, sources: list[str]) -> list[SandboxReport]:
-        """Each source's sandbox report on `held_out` (validated in parallel worker processes)."""
-        return validate_many(sources, self.held_out, self.sandbox, [self.sim_name] * len(sources))
+    def judge(self, sources: list[str], weights: list[Weights | None] | None = None) -> list[SandboxReport]:
+        """Each source's (and its weights') sandbox report on `held_out` (validated in parallel worker processes)."""
+        return validate_many(sources, self.held_out, self.sandbox, [self.sim_name] * len(sources), weights)
 
 
 @dataclass(frozen=True)
 class Written:
-    """A writer's pick: the sim source, its sandbox report, and which candidate it was."""
+    """A writer's pick: the sim source (and weights, for a learned sim), its sandbox report, and which candidate
+    it was."""
 
     source: str
     report: SandboxReport
     label: str  # e.g. "symbolic", "previous", "iter_2/candidate_1"
+    weights: Weights | None = None
+    tried: tuple[str, ...] = ()  # writer=auto: "<writer>: <verdict>" of each writer tried before the pick
+
+    def save(self, source_path: Path) -> None:
+        """The source at `source_path` and its weights, if any, beside it (`dreamer.sim.weights`; a weights file
+        left there by an earlier sim is removed)."""
+        if self.weights is None:
+            weights_path(source_path).unlink(missing_ok=True)
+        else:
+            save_weights(weights_path(source_path), self.weights)
+        write_text(source_path, self.source)
 
 
 class Writer(Protocol):
@@ -41,11 +59,11 @@ class Writer(Protocol):
     def write(self, task: WriteTask) -> Written: ...
 
 
-def save_candidate(audit_dir: Path, label: str, source: str, report: SandboxReport) -> Path:
-    """`audit_dir/<label>/sim.py` and its `report.json`; returns the candidate's folder."""
-    folder = audit_dir / label
-    write_text(folder / "sim.py", source)
-    report.save(folder / "report.json")
+def save_candidate(audit_dir: Path, candidate: Written) -> Path:
+    """`audit_dir/<label>/sim.py` (and `sim.safetensors`) and its `report.json`; returns the candidate's folder."""
+    folder = audit_dir / candidate.label
+    candidate.save(folder / "sim.py")
+    candidate.report.save(folder / "report.json")
     return folder
 
 

@@ -1,6 +1,7 @@
 """The write stage: a session in, a sim written and judged on held-out episodes, its artifacts in `env_dir`.
 
     env_dir/<sim name>.py     the writer's pick
+    env_dir/<sim name>.safetensors   its weights, for a learned sim (`dreamer.sim.weights`)
     env_dir/report.json       its sandbox report on the held-out episodes
     env_dir/split.json        {"train_episodes": [id, ...], "held_out_episodes": [id, ...]}
     env_dir/search/           the writer's trail: every candidate and `selection.json`
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dreamer.artifacts import write_json, write_text
+from dreamer.artifacts import write_json
 from dreamer.sandbox import SandboxConfig, SandboxReport
+from dreamer.sim.weights import read_weights_beside
 from dreamer.traces import Trace
 from dreamer.writers.protocol import Writer, Written, WriteTask
 
@@ -25,7 +27,7 @@ def write_sim(writer: Writer, train: Trace, held_out: Trace, sandbox: SandboxCon
     split by `Trace.split`), and save the artifacts above."""
     write_json(env_dir / SPLIT, {"train_episodes": train.episode_ids, "held_out_episodes": held_out.episode_ids})
     written = writer.write(WriteTask(train, held_out, sandbox, sim_name, env_dir / "search", previous))
-    write_text(env_dir / f"{sim_name}.py", written.source)
+    written.save(env_dir / f"{sim_name}.py")
     written.report.save(env_dir / "report.json")  # last: its presence means the stage finished
     return written
 
@@ -49,4 +51,6 @@ def read_written(env_dir: Path, sim_name: str) -> Written | None:
     source, report, selection = env_dir / f"{sim_name}.py", env_dir / "report.json", env_dir / "search" / "selection.json"
     if not (source.is_file() and report.is_file() and selection.is_file()):
         return None
-    return Written(source.read_text(), SandboxReport.load(report), json.loads(selection.read_text())["chosen"])
+    chosen = json.loads(selection.read_text())
+    return Written(source.read_text(), SandboxReport.load(report), chosen["chosen"], read_weights_beside(source),
+                   tuple(chosen.get("tried", ())))

@@ -51,6 +51,7 @@ class SymbolicWriterConfig:
     ridge_alpha: float                # STLSQ ridge penalty
     selection_tolerance: float        # keep the sparsest model with error <= tolerance * best ...
     target_nrmse: float               # ... or with error <= this validation NRMSE
+    max_terms: int                    # largest equation considered (the sparsest, if every candidate is larger)
     validation_fraction: float        # share of the trace's episodes held back to pick a threshold
     termination_max_depth: int        # depth of the termination tree
     wall_min_rows: int                # steps at a bound that make a wall rule (`wall_rules`)
@@ -59,7 +60,7 @@ class SymbolicWriterConfig:
     seed: int
 
     def __post_init__(self):
-        for key, low in (("degree", 0), ("reward_degree", 0), ("termination_max_depth", 1), ("wall_min_rows", 1),
+        for key, low in (("degree", 0), ("reward_degree", 0), ("max_terms", 1), ("termination_max_depth", 1), ("wall_min_rows", 1),
                          ("default_max_episode_steps", 1)):
             if getattr(self, key) < low:
                 raise ValueError(f"{key} must be an int >= {low}, got {getattr(self, key)}")
@@ -121,6 +122,14 @@ class Coordinates:
         cols = [np.arctan2(obs[:, idx[1]], obs[:, idx[0]]) if len(idx) == 2 else obs[:, idx[0]] for _, idx in self.layout]
         return np.stack(cols, axis=1).astype(np.float64)
 
+    def to_obs(self, q: np.ndarray, space: spaces.Box) -> np.ndarray:
+        """(N, D) coordinates -> (N, O) observations, plain dims clipped to `space` (as `to_observation` does)."""
+        columns = []
+        for d, (_, idx) in enumerate(self.layout):
+            columns += [np.cos(q[:, d]), np.sin(q[:, d])] if len(idx) == 2 else [
+                np.clip(q[:, d], space.low[idx[0]], space.high[idx[0]])]
+        return np.stack(columns, axis=1)
+
     def change(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
         """(N, D) one-step change of each coordinate; angle changes wrapped to [-π, π)."""
         delta = self.from_obs(next_obs) - self.from_obs(obs)
@@ -166,6 +175,28 @@ class SparseFit:
         used = self.used_names()
         codes = [feature.code for feature in self.library.features if feature.name in used]
         return {name for name in names if any(re.search(rf"\b{name}\b", code) for code in codes)}
+
+
+@dataclass(frozen=True)
+class Equations:
+    """What the symbolic writer fitted to one trace: its coordinates, one equation per coordinate's change, the
+    wall rules, the reward equation and the termination expression."""
+
+    coords: Coordinates
+    dynamics: list[SparseFit]
+    walls: list[str]
+    reward: SparseFit
+    terminal: str
+
+    def predicted_next_obs(self, trace: Trace) -> np.ndarray:
+        """(N, O) the equations' next observation for each transition of the trace they were fitted to (wall rules
+        left out)."""
+        change = np.stack([fit.library.X @ fit.coef for fit in self.dynamics], axis=1)
+        return self.coords.to_obs(self.coords.from_obs(trace.obs) + change, trace.observation_space)
+
+    def predicted_reward(self) -> np.ndarray:
+        """(N,) the reward equation on each transition of the trace it was fitted to."""
+        return self.reward.library.X @ self.reward.coef
 
 
 def base_features(coords: Coordinates, q: np.ndarray, action: np.ndarray, action_space: spaces.Space, trig: bool) -> list[Feature]:
@@ -262,9 +293,10 @@ def fit_sparse(
 
     Libraries are tried from simplest to richest; a richer one only when no equation so far
     reaches `target_nrmse`. Only `usable` rows (default: all) enter the fit and the score (in sample when
-    no usable row is on one side of the split). Picks
-    the sparsest equation whose validation NRMSE is within `selection_tolerance` of the best (or
-    under `target_nrmse`), then refits its terms by least squares on every usable row.
+    no usable row is on one side of the split). Among the equations of at most `max_terms` terms (or the
+    sparsest, cut to its `max_terms` largest terms, if none is that small), picks the sparsest whose validation
+    NRMSE is within `selection_tolerance` of their best (or under `target_nrmse`), then refits its terms by least
+    squares on every usable row.
     """
     usable = np.ones(len(y), dtype=bool) if usable is None else usable
     train, val = train & usable, ~train & usable
@@ -278,12 +310,18 @@ def fit_sparse(
             coef = stlsq(library.X[train], y[train], threshold, config.ridge_alpha)
             nrmse = float(np.sqrt(np.mean((library.X[val] @ coef - y[val]) ** 2)) / scale)
             candidates.append(SparseFit(library, coef, threshold, nrmse))
-        if min(c.validation_nrmse for c in candidates) <= config.target_nrmse:
+        if min((c.validation_nrmse for c in candidates if c.num_terms <= config.max_terms), default=math.inf) <= config.target_nrmse:
             break
+    small = [c for c in candidates if c.num_terms <= config.max_terms]
+    candidates = small or [min(candidates, key=lambda c: (c.num_terms, c.validation_nrmse))]
     best = min(c.validation_nrmse for c in candidates)
     good_enough = max(config.selection_tolerance * best, config.target_nrmse)
     chosen = min((c for c in candidates if c.validation_nrmse <= good_enough), key=lambda c: (c.num_terms, c.validation_nrmse))
     support = chosen.coef != 0
+    if support.sum() > config.max_terms:  # keep the terms that move the target most
+        weight = np.abs(chosen.coef) * chosen.library.X[usable].std(0)
+        support = np.zeros_like(support)
+        support[np.argsort(-weight, kind="stable")[:config.max_terms]] = True
     coef = np.zeros_like(chosen.coef)
     if support.any():
         coef[support] = np.linalg.lstsq(chosen.library.X[usable][:, support], y[usable], rcond=None)[0]
@@ -329,8 +367,9 @@ def format_sum(fit_row: np.ndarray, names: list[str]) -> str:
     return text[2:] if text.startswith("+ ") else "-" + text[2:]
 
 
-def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.ndarray, config: SymbolicWriterConfig) -> str:
-    """A torch boolean expression over next-state coordinate names (and `abs_*`) for `terminal`."""
+def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.ndarray, max_depth: int, seed: int) -> str:
+    """A torch boolean expression over next-state coordinate names (and `abs_*`) for `terminal`: a decision
+    tree of depth `max_depth` (seeded with `seed`)."""
     if not terminated.any():
         return "torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)"
     if terminated.all():
@@ -338,7 +377,7 @@ def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.nd
     q = coords.from_obs(next_obs)
     names = [name for name, _ in coords.layout]
     magnitudes, signed = np.abs(q), np.concatenate([np.abs(q), q], axis=1)
-    trees = [DecisionTreeClassifier(max_depth=config.termination_max_depth, random_state=config.seed).fit(X, terminated)
+    trees = [DecisionTreeClassifier(max_depth=max_depth, random_state=seed).fit(X, terminated)
              for X in (magnitudes, signed)]
     # Symmetric bounds first: a session that met a bound on one side only (a cart leaving right, never left)
     # cannot tell |x| > b from x > b, and the magnitude tree keeps the bound on the side it never saw.
@@ -376,14 +415,19 @@ class SymbolicWriter:
         needed: refitting on all the data is cheap)."""
         source = self.draft(task.train)
         [report] = task.judge([source])
-        save_candidate(task.audit_dir, self.name, source, report)
+        written = Written(source, report, self.name)
+        save_candidate(task.audit_dir, written)
         write_json(task.audit_dir / "selection.json", {
             "config": asdict(self.config), "chosen": self.name, "accepted": report.accepted,
             "candidates": [candidate_summary(self.name, None, report)]})
-        return Written(source, report, self.name)
+        return written
 
     def draft(self, trace: Trace) -> str:
         """The sim source fitted to `trace`, not yet validated."""
+        return render_source(trace, self.fit(trace), self.config)
+
+    def fit(self, trace: Trace) -> Equations:
+        """The equations of `trace`."""
         cfg = self.config
         coords = Coordinates.detect(trace.obs, cfg.angle_tolerance)
         q = coords.from_obs(trace.obs)
@@ -394,9 +438,9 @@ class SymbolicWriter:
         dynamics_libraries = libraries(coords, q, trace, cfg.degree)
         dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg, inside) for d in range(change.shape[1])]
         reward = fit_sparse(libraries(coords, q, trace, cfg.reward_degree, ended(trace)), trace.reward.astype(np.float64), rows, cfg)
-        terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg)
+        terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg.termination_max_depth, cfg.seed)
         walls = wall_rules(coords, trace.next_obs, trace.observation_space, cfg.wall_min_rows)
-        return render_source(trace, coords, dynamics, walls, reward, terminal, cfg)
+        return Equations(coords, dynamics, walls, reward, terminal)
 
 
 def libraries(coords: Coordinates, q: np.ndarray, trace: Trace, degree: int,
@@ -446,24 +490,38 @@ def helper_lines(fits: list[SparseFit]) -> list[str]:
     return lines
 
 
-def render_source(
-    trace: Trace,
-    coords: Coordinates,
-    dynamics: list[SparseFit],
-    walls: list[str],
-    reward: SparseFit,
-    terminal: str,
-    cfg: SymbolicWriterConfig,
-) -> str:
+OBSERVATION_LINES = ("def observation(state, rng):", "    return state")  # the state is the observation
+
+
+def unpack_lines(coords: Coordinates) -> list[str]:
+    """One line per coordinate, reading it from `state`: `x{i} = state[:, i]`, `th{i} = torch.atan2(...)`."""
+    return [f"    {name} = torch.atan2(state[:, {idx[1]}], state[:, {idx[0]}])" if len(idx) == 2
+            else f"    {name} = state[:, {idx[0]}]" for name, idx in coords.layout]
+
+
+def terminal_lines(coords: Coordinates, terminal: str) -> list[str]:
+    """The body of `terminal(state, rng)` for a `fit_termination` expression."""
+    names = [name for name, _ in coords.layout]
+    return [*[line for line, name in zip(unpack_lines(coords), names) if name in terminal],
+            *[f"    abs_{name} = torch.abs({name})" for name in names if f"abs_{name}" in terminal],
+            f"    return {terminal}"]
+
+
+def space_lines(trace: Trace, default_max_episode_steps: int) -> list[str]:
+    """The contract's constants: observation bounds (clipped to float32's range), action space, horizon."""
+    obs_space = trace.observation_space
+    return [f"OBSERVATION_LOW = {[float(np.clip(v, -3.0e38, 3.0e38)) for v in obs_space.low]}",
+            f"OBSERVATION_HIGH = {[float(np.clip(v, -3.0e38, 3.0e38)) for v in obs_space.high]}",
+            f"ACTION_SPACE = {space_to_dict(trace.action_space)!r}",
+            f"MAX_EPISODE_STEPS = {max_episode_steps(trace, default_max_episode_steps)}"]
+
+
+def start_lines(trace: Trace, coords: Coordinates) -> list[str]:
+    """`INITIAL_LOW/HIGH`, `to_observation(<coordinates>)` and `initial(rng, n)`: episode starts drawn uniformly
+    from the box the session's starts span, in coordinates."""
     names = [name for name, _ in coords.layout]
     q_start = coords.from_obs(trace.obs[trace.episode_starts()])
     obs_space = trace.observation_space
-    obs_low = [float(np.clip(v, -3.0e38, 3.0e38)) for v in obs_space.low]
-    obs_high = [float(np.clip(v, -3.0e38, 3.0e38)) for v in obs_space.high]
-
-    unpack = []
-    for name, idx in coords.layout:
-        unpack.append(f"    {name} = torch.atan2(state[:, {idx[1]}], state[:, {idx[0]}])" if len(idx) == 2 else f"    {name} = state[:, {idx[0]}]")
     to_obs = []
     for name, idx in coords.layout:
         if len(idx) == 2:
@@ -473,31 +531,7 @@ def render_source(
         else:
             to_obs.append(name)
     starts = [f"INITIAL_LOW[{d}] + (INITIAL_HIGH[{d}] - INITIAL_LOW[{d}]) * u[:, {d}]" for d in range(len(names))]
-    equations = [
-        f"    {name} = {name} {signed(format_sum(fit.coef, fit.library.term_names))}"
-        + f"  # {fit.num_terms} term{'s' * (fit.num_terms != 1)}, {fit.library.name}, validation NRMSE {fit.validation_nrmse:.2g}"
-        for name, fit in zip(names, dynamics)
-    ]
-    abs_lines = [f"    abs_{name} = torch.abs({name})" for name in names if f"abs_{name}" in terminal]
-    horizon = max_episode_steps(trace, cfg.default_max_episode_steps)
-    angles = f"; obs dims {list(coords.angle_starts)} and the next are (cos, sin) of an angle" if coords.angle_starts else ""
-    header = f'''"""Dream sim of {trace.name}, written by the symbolic writer from {len(trace):,} transitions ({trace.num_episodes} episodes).
-
-Coordinates {", ".join(names)}{angles}.
-Dynamics: each coordinate's one-step change, by sparse regression (STLSQ) over candidate terms.
-Reward: the same regression on the state before the step, the action and (`done`) whether the step ended the episode.
-Termination: a decision tree on the next state's coordinates and their magnitudes.
-"""
-'''
-    lines = [
-        header,
-        "import torch",
-        "",
-        f"OBSERVATION_LOW = {obs_low}",
-        f"OBSERVATION_HIGH = {obs_high}",
-        f"ACTION_SPACE = {space_to_dict(trace.action_space)!r}",
-        f"MAX_EPISODE_STEPS = {horizon}",
-        "",
+    return [
         "# Episode starts are drawn uniformly from the box that the session's starts span (coordinates).",
         f"INITIAL_LOW = {[float(format_float(v)) for v in q_start.min(axis=0)]}",
         f"INITIAL_HIGH = {[float(format_float(v)) for v in q_start.max(axis=0)]}",
@@ -513,31 +547,62 @@ Termination: a decision tree on the next state's coordinates and their magnitude
         "    return to_observation(",
         *[f"        {start}," for start in starts],
         "    )",
+    ]
+
+
+def transition_lines(function: str, equations: Equations, walls: bool = True) -> list[str]:
+    """`def <function>(state, action, rng)`: the next state by the equations (and, if `walls`, the wall rules)."""
+    coords, names = equations.coords, [name for name, _ in equations.coords.layout]
+    lines = [
+        f"    {name} = {name} {signed(format_sum(fit.coef, fit.library.term_names))}"
+        + f"  # {fit.num_terms} term{'s' * (fit.num_terms != 1)}, {fit.library.name}, validation NRMSE {fit.validation_nrmse:.2g}"
+        for name, fit in zip(names, equations.dynamics)
+    ]
+    return [f"def {function}(state, action, rng):", *unpack_lines(coords), *helper_lines(equations.dynamics), *lines,
+            *(equations.walls if walls else []), f"    return to_observation({', '.join(names)})"]
+
+
+def reward_lines(function: str, equations: Equations) -> list[str]:
+    """`def <function>(state, action, next_state, rng)`: the reward equation."""
+    coords, reward, names = equations.coords, equations.reward, [name for name, _ in equations.coords.layout]
+    return [f"def {function}(state, action, next_state, rng):",
+            *[line for line, name in zip(unpack_lines(coords), names) if name in reward.used_coordinates(names)],
+            *helper_lines([reward]),
+            f"    value = {format_sum(reward.coef, reward.library.term_names)}",
+            "    return value * torch.ones(state.shape[0], device=state.device)"]
+
+
+def render_source(trace: Trace, equations: Equations, cfg: SymbolicWriterConfig) -> str:
+    coords, names = equations.coords, [name for name, _ in equations.coords.layout]
+    angles = f"; obs dims {list(coords.angle_starts)} and the next are (cos, sin) of an angle" if coords.angle_starts else ""
+    header = f'''"""Dream sim of {trace.name}, written by the symbolic writer from {len(trace):,} transitions ({trace.num_episodes} episodes).
+
+Coordinates {", ".join(names)}{angles}.
+Dynamics: each coordinate's one-step change, by sparse regression (STLSQ) over candidate terms.
+Reward: the same regression on the state before the step, the action and (`done`) whether the step ended the episode.
+Termination: a decision tree on the next state's coordinates and their magnitudes.
+"""
+'''
+    lines = [
+        header,
+        "import torch",
+        "",
+        *space_lines(trace, cfg.default_max_episode_steps),
+        "",
+        *start_lines(trace, coords),
         "",
         "",
-        "def transition(state, action, rng):",
-        *unpack,
-        *helper_lines(dynamics),
-        *equations,
-        *walls,
-        f"    return to_observation({', '.join(names)})",
+        *transition_lines("transition", equations),
         "",
         "",
-        "def observation(state, rng):",
-        "    return state",
+        *OBSERVATION_LINES,
         "",
         "",
-        "def reward(state, action, next_state, rng):",
-        *[line for line, name in zip(unpack, names) if name in reward.used_coordinates(names)],
-        *helper_lines([reward]),
-        f"    value = {format_sum(reward.coef, reward.library.term_names)}",
-        "    return value * torch.ones(state.shape[0], device=state.device)",
+        *reward_lines("reward", equations),
         "",
         "",
         "def terminal(state, rng):",
-        *[line for line, name in zip(unpack, names) if name in terminal],
-        *abs_lines,
-        f"    return {terminal}",
+        *terminal_lines(coords, equations.terminal),
         "",
     ]
     return "\n".join(lines)
