@@ -182,7 +182,8 @@ def network_lines(trace: Trace, coords: Coordinates, cfg: NeuralWriterConfig, ba
     gaussian = cfg.sampling == "sample"  # the only use of the log-variance heads
     noise = ("    change = change + torch.exp(0.5 * logvar[member, rows]) * torch.randn(change.shape, generator=rng, "
              "device=rng.device)")
-    pick = ["    member = torch.randint(MEMBERS, (n,), generator=rng, device=rng.device)",
+    pick = ["    n = state.shape[0]",
+            "    member = torch.randint(MEMBERS, (n,), generator=rng, device=rng.device)",
             "    rows = torch.arange(n, device=state.device)",
             "    change = mean[member, rows]"]
     step = {"mean": ["    change = mean.mean(0)"], "member": pick, "sample": [*pick, noise]}[cfg.sampling]
@@ -231,7 +232,6 @@ def network_lines(trace: Trace, coords: Coordinates, cfg: NeuralWriterConfig, ba
         "",
         "",
         "def transition(state, action, rng):",
-        "    n = state.shape[0]",
         "    mean, logvar = change_mean(state, action)" if gaussian else "    mean = change_mean(state, action)",
         *step,
         f'    x = {base_next} + change * weight("dynamics.y_std", state)[0] + weight("dynamics.y_mean", state)[0]',
