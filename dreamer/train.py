@@ -5,12 +5,14 @@ write a sim from it, train PPO in the dream, evaluate in the real env), or the O
 `opsd_self_context` and `opsd_veteran`. The run dir is `hydra.run.dir` (default `runs/<date>_<time>`).
 """
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dreamer.pipelines.runner import check_overrides
 from dreamer.pipelines.runner import main as run_pipeline
 
 
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("train", sys.argv[1:])
     main()

@@ -2,12 +2,14 @@
 (`dreamer.pipelines.write`). Exits with status 1 when the sandbox rejected every candidate (the report says why).
 """
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dreamer.pipelines.runner import check_overrides
 from dreamer.pipelines.runner import main as run_pipeline
 
 
@@ -17,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("write", sys.argv[1:])
     main()

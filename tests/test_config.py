@@ -216,6 +216,13 @@ def test_an_impossible_value_stops_the_run_before_any_work(tmp_path, overrides, 
     ("dreamer.train", ["seed=1.5"], "seed=1.5 is not an int"),
     ("dreamer.train", ["policy=sequence"], "pipeline=dream trains policy.kind in ['mlp'], got policy.kind='sequence'"),
     ("dreamer.write", ["trace.path=no_such_session.jsonl"], "trace.path=no_such_session.jsonl: no such file"),
+    # a key the config lacks, without `+` (Hydra alone would only suggest `+algo.learnin_rate=...`) and with it
+    ("dreamer.train", ["algo.learnin_rate=1e-3"], "unknown config key 'algo.learnin_rate'; allowed keys under algo: "
+                                                  "['anneal_lr', 'checkpoint_every',"),
+    ("dreamer.train", ["+algo.learnin_rate=1e-3"], "unknown config key(s) ['algo.learnin_rate']; allowed keys: ['anneal_lr',"),
+    ("dreamer.write", ["trace.path=x.jsonl", "sandbox.memry_mb=1"], "unknown config key 'sandbox.memry_mb'; allowed keys "
+                                                                     "under sandbox: ['batch_check_size',"),
+    ("dreamer.train", ["writer=gpt"], "Could not find 'writer/gpt'\n\nAvailable options in 'writer':\n\tauto"),
 ])
 def test_a_user_error_on_the_command_line_exits_2_with_its_message_before_any_run_dir(tmp_path, module, overrides, message):
     run_dir = tmp_path / "run"

@@ -11,6 +11,7 @@ error ends the command with its message and exit code 2, without a traceback unl
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, resolve_device, to_plain
 from dreamer.inspect.tables import number
 from dreamer.loggers import LoggerConfig, make_logger
-from dreamer.pipelines.config import check_run_config
+from dreamer.pipelines.config import check_run_config, compose_config
 from dreamer.pipelines.dream import DREAM
 from dreamer.pipelines.opsd_self_context import SELF_CONTEXT
 from dreamer.pipelines.opsd_veteran import VETERAN
@@ -100,6 +101,34 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {error}\n(set {DEBUG}=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_overrides(entry: Literal["train", "write"], args: list[str]) -> None:
+    """The command line's overrides before Hydra reads them: one that sets a key the config does not have (Hydra
+    would only suggest `+key=...`) or names a missing config file ends the command with a message that lists the
+    allowed keys (or options), exit code 2, no traceback. Command lines with Hydra's own flags (`--help`,
+    `--cfg`, `-m`, ...) are left to Hydra."""
+    from hydra.errors import ConfigCompositionException
+
+    if any(arg.startswith("-") for arg in args):
+        return
+    with user_errors():
+        try:
+            compose_config(entry, args)
+        except ConfigCompositionException as error:
+            unknown = re.match(r"Could not override '([^']+)'", str(error))
+            if unknown is None:  # a config group option that is not there: Hydra lists the options
+                raise ValueError(str(error).split("\nConfig search path:")[0].strip()) from None
+            key = unknown.group(1)
+            rest = [arg for arg in args if arg.split("=", 1)[0].lstrip("+~") != key]
+            config = compose_config(entry, rest)
+            parent = key.rpartition(".")[0]
+            while parent and not isinstance(OmegaConf.select(config, parent), DictConfig):
+                parent = parent.rpartition(".")[0]  # the deepest section that exists
+            node = OmegaConf.select(config, parent) if parent else config
+            where = f"under {parent}" if parent else "at the top level"
+            raise ValueError(f"unknown config key {key!r}; allowed keys {where}: "
+                             f"{sorted(k for k in node if k != 'hydra')}") from None
 
 
 class ConfigCheck(Callback):

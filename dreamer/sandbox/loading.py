@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dreamer.sandbox.static import UnsafeSourceError, check_source
+from dreamer.sandbox.static import UnsafeSourceError, check_source, parse
 from dreamer.sim.contract import FuncSim
 from dreamer.sim.weights import read_weights_beside, weights_path
 
@@ -49,4 +49,4 @@ def load_sim(path: str | Path, device: str | torch.device = "cpu") -> FuncSim:
 
 def reads_weights(source: str) -> bool:
     """Whether statically checked `source` reads the name `WEIGHTS` (a learned sim's tensors)."""
-    return any(isinstance(node, ast.Name) and node.id == "WEIGHTS" for node in ast.walk(ast.parse(source)))
+    return any(isinstance(node, ast.Name) and node.id == "WEIGHTS" for node in ast.walk(parse(source, "sim")))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -82,10 +83,22 @@ class UnsafeSourceError(ValueError):
         super().__init__(f"unsafe sim source ({len(violations)} violations):\n" + "\n".join(lines))
 
 
+# CPython 3.11's AST constructor keeps its recursion depth per interpreter, not per thread: two threads parsing
+# at once (`validate_many` checks candidates in parallel) can fail with "SystemError: AST constructor recursion
+# depth mismatch" (python/cpython#106905). One parse at a time.
+PARSE_LOCK = threading.Lock()
+
+
+def parse(source: str, filename: str) -> ast.Module:
+    """`ast.parse`, one thread at a time (`PARSE_LOCK`)."""
+    with PARSE_LOCK:
+        return ast.parse(source, filename=filename)
+
+
 def check_source(source: str, filename: str) -> list[Violation]:
     """Every allowlist breach in `source` (empty list: the source may be executed)."""
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = parse(source, filename)
     except SyntaxError as error:
         return [Violation(error.lineno or 0, (error.offset or 1) - 1, f"syntax error: {error.msg}")]
     except (RecursionError, MemoryError):
