@@ -100,9 +100,9 @@ class HybridWriter:
         best = max(candidates, key=lambda c: (c.report.accepted, (c.report.fidelity and c.report.fidelity.accuracy) or 0.0))
         if shares is not None:
             console.print(f"  hybrid: one-step NRMSE {shares['equations_nrmse']:.3g} by the equations alone "
-                  f"({verdict_line(reports[0]).split(' (')[0]}), {shares['hybrid_nrmse']:.3g} with the residual: "
-                  f"the equations remove {shares['removed_by_equations']:.0%} of the error, the residual "
-                  f"{shares['removed_by_residual']:.0%}")
+                          f"({verdict_line(reports[0]).split(' (')[0]}), {shares['hybrid_nrmse']:.3g} with the "
+                          f"residual: the equations remove {shares['removed_by_equations']:.0%} of the error, the "
+                          f"residual {shares['removed_by_residual']:.0%}")
         write_json(task.audit_dir / "selection.json", {
             "config": asdict(self.config), "chosen": best.label, "accepted": best.report.accepted,
             "attribution": shares, "candidates": [candidate_summary(c.label, None, c.report) for c in candidates]})
