@@ -238,7 +238,9 @@ def test_summary_matches_numpy(env, request):
 # ---- bad JSONL -----------------------------------------------------------------------------
 
 BAD_JSONL = {  # case: (lines, line number, field or None, expected text)
-    "invalid json": ([META, '{"episode": 0, "obs": [0.0,'], 2, None, "invalid JSON"),
+    "invalid json": ([META, '{"episode": 0, "obs": [0.0 0.1]}'], 2, None, "invalid JSON: Expecting ',' delimiter (column 28)"),
+    "cut short": ([META, '{"episode": 0, "obs": [0.0,'], 2, None,
+                  "invalid JSON: Expecting value (column 28, the end of the line: is it cut short?)"),
     "not an object": ([META, "[1, 2]"], 2, None, "expected a JSON object"),
     "missing field": ([META, rec(), {k: v for k, v in rec().items() if k != "reward"}], 3, "reward", "missing"),
     "reward type": ([META, rec(reward="1.0")], 2, "reward", "expected a number"),

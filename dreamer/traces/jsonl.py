@@ -256,10 +256,12 @@ class _Reader:
     def read(self) -> Trace:
         for number, text in _lines(self.path):
             where = f"{self.path}:{number}"
+            text = text.rstrip("\r\n")  # else an error at the end of the line is placed at column 1 of the next
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as error:
-                raise TraceError(f"invalid JSON: {error.msg} (column {error.colno})", where) from None
+                end = ", the end of the line: is it cut short?" if error.pos >= len(text.rstrip()) else ""
+                raise TraceError(f"invalid JSON: {error.msg} (column {error.colno}{end})", where) from None
             if not isinstance(record, dict):
                 raise TraceError(f"expected a JSON object (the meta line, a transition or a feedback record), "
                                  f"got {short(record)}", where)
