@@ -63,8 +63,9 @@ def test_the_neural_writer_writes_source_and_weights_that_the_sandbox_accepts(ne
     fit = json.loads((env_dir / "search" / "neural" / "fit.json").read_text())
     assert len(fit["dynamics"]["epochs"]) == 3 and all(e >= 1 for e in fit["dynamics"]["epochs"])
     sim = load_sim(env_dir / "dream.py")  # reads the weights beside the source
-    rows = json.loads((env_dir / "report.json").read_text())["fidelity"]["transitions"]
-    assert rows > 0 and sim.uncertainty is not None
+    loaded = sim.transition.__globals__["WEIGHTS"]
+    assert sorted(loaded) == sorted(written.weights) and all(torch.equal(loaded[k], written.weights[k]) for k in loaded)
+    assert sim.uncertainty is not None
 
 
 def test_a_learned_sim_without_its_weights_file_is_refused_by_name(neural_run, tmp_path):

@@ -107,12 +107,11 @@ def advance(sim: FuncSim, state: torch.Tensor, steps: torch.Tensor, action: torc
     obs = sim.observation(next_state, rng)
     state.copy_(next_state)
     steps.add_(1)
+    unsure = torch.zeros_like(terminated)
     if measured:
         reward = reward - uncertainty.penalty * u
-        limit = uncertainty.truncate_above
-        unsure = u > limit if limit is not None else torch.zeros_like(terminated)
-    else:
-        unsure = torch.zeros_like(terminated)
+        if uncertainty.truncate_above is not None:
+            unsure = u > uncertainty.truncate_above
     return obs, reward, terminated, unsure, u
 
 
@@ -193,8 +192,9 @@ class SimVectorEnv(VectorEnv):
         self._fused = (partial(torch.compile(_own_copy(fused), dynamic=False), sim, uncertainty=uncertainty)
                        if compile else self._eager)
         self.measures_uncertainty = uncertainty is not None and uncertainty.used and sim.uncertainty is not None
-        # On the device, so that counting costs no host sync: sum of uncertainty, rows truncated for it, rows stepped.
-        self._uncertainty_totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        # On the device, so that counting costs no host sync: sum of uncertainty, rows truncated for it.
+        self._uncertainty_totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._steps_counted = 0  # vector steps since the env was made
         self._rng = _seeded_generator(None, self.device)
         self._state: torch.Tensor | None = None
         self._steps = torch.zeros(num_envs, dtype=torch.int32, device=self.device)
@@ -252,16 +252,17 @@ class SimVectorEnv(VectorEnv):
 
     def _count(self, u: torch.Tensor, truncated_unsure: torch.Tensor) -> None:
         if self.measures_uncertainty:
-            self._uncertainty_totals += torch.stack([u.double().sum(), truncated_unsure.double().sum(),
-                                                     torch.tensor(float(len(u)), dtype=torch.float64, device=u.device)])
+            self._uncertainty_totals += torch.stack([u.double().sum(), truncated_unsure.double().sum()])
+            self._steps_counted += 1
 
     def uncertainty_stats(self) -> dict[str, float] | None:
         """{"mean": the sim's mean uncertainty per row step, "truncated_share": share of row steps truncated for
         it} since the env was made; None when the uncertainty is not measured."""
         if not self.measures_uncertainty:
             return None
-        total, truncated, rows = self._uncertainty_totals.tolist()
-        return {"mean": total / max(rows, 1.0), "truncated_share": truncated / max(rows, 1.0)}
+        total, truncated = self._uncertainty_totals.tolist()
+        rows = max(self._steps_counted * self.num_envs, 1)
+        return {"mean": total / rows, "truncated_share": truncated / rows}
 
     def _take_starts(self, count: int) -> torch.Tensor:
         """The pool's next `count` (count, S) episode starts; `initial` draws `max(num_envs, count)` more

@@ -6,7 +6,7 @@ from typing import Any
 
 from dreamer.config import build, choose, to_plain
 from dreamer.writers.backends import BackendConfig, make_backend
-from dreamer.writers.fallback import FallbackWriter
+from dreamer.writers.fallback import AutoWriterConfig, FallbackWriter
 from dreamer.writers.hybrid import HybridWriter, HybridWriterConfig
 from dreamer.writers.llm import LLMWriter, LLMWriterConfig
 from dreamer.writers.neural import NeuralWriter, NeuralWriterConfig
@@ -23,33 +23,29 @@ def neural_writer(values: dict) -> NeuralWriter:
     return NeuralWriter(build(NeuralWriterConfig, values, "writer", ignore=("kind",)))
 
 
-def hybrid_writer(values: dict) -> HybridWriter:
-    for part in ("symbolic", "neural"):
+def drop_group_kinds(values: dict, parts: tuple[str, ...]) -> dict:
+    """`values` without the `kind` that each composed `writer/<part>` group brings along."""
+    for part in parts:
         if isinstance(values.get(part), dict):
-            values[part].pop("kind", None)  # the composed `writer/<part>` group's own kind
-    return HybridWriter(build(HybridWriterConfig, values, "writer", ignore=("kind",)))
+            values[part].pop("kind", None)
+    return values
+
+
+def hybrid_writer(values: dict) -> HybridWriter:
+    return HybridWriter(build(HybridWriterConfig, drop_group_kinds(values, ("symbolic", "neural")), "writer",
+                              ignore=("kind",)))
 
 
 def auto_writer(values: dict) -> FallbackWriter:
-    """`writer.order`'s writers, each from its section (hybrid from both): see `dreamer.writers.fallback`."""
-    order = values.get("order")
-    allowed = ("symbolic", "hybrid", "neural")
-    if not (isinstance(order, list) and order and all(kind in allowed for kind in order)):
-        raise ValueError(f"writer.order must be a non-empty list of {list(allowed)}, got {order!r}")
-    allowed_keys = ["kind", "max_equation_nrmse", "neural", "order", "symbolic"]
-    unknown = sorted(set(values) - set(allowed_keys))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[f'writer.{k}' for k in unknown]}; allowed keys: {allowed_keys}")
-    makers = {"symbolic": lambda: symbolic_writer(dict(values["symbolic"])),
-              "neural": lambda: neural_writer(dict(values["neural"])),
-              "hybrid": lambda: hybrid_writer({"symbolic": dict(values["symbolic"]), "neural": dict(values["neural"]),
-                                               "max_equation_nrmse": values.get("max_equation_nrmse")})}
-    return FallbackWriter([makers[kind]() for kind in order])
+    """`writer.order`'s writers from the shared sections (the hybrid from both): see `dreamer.writers.fallback`."""
+    cfg = build(AutoWriterConfig, drop_group_kinds(values, ("symbolic", "neural")), "writer", ignore=("kind",))
+    makers = {"symbolic": lambda: SymbolicWriter(cfg.symbolic), "neural": lambda: NeuralWriter(cfg.neural),
+              "hybrid": lambda: HybridWriter(HybridWriterConfig(cfg.symbolic, cfg.neural, cfg.max_equation_nrmse))}
+    return FallbackWriter([makers[kind]() for kind in cfg.order])
 
 
 def llm_writer(values: dict) -> LLMWriter:
-    if isinstance(values.get("draft"), dict):
-        values["draft"].pop("kind", None)  # the composed `writer/symbolic` group's own kind
+    drop_group_kinds(values, ("draft",))
     backend_keys = tuple(f.name for f in fields(BackendConfig))
     search_keys = tuple(f.name for f in fields(LLMWriterConfig))
     backend = make_backend(build(BackendConfig, values, "writer", ignore=("kind", *search_keys)))

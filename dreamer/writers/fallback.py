@@ -13,9 +13,24 @@ import json
 from rich.console import Console
 
 from dreamer.artifacts import write_json
+from dreamer.writers.neural import NeuralWriterConfig
 from dreamer.writers.protocol import Writer, Written, WriteTask, verdict_line
+from dreamer.writers.symbolic import SymbolicWriterConfig
 
 console = Console(stderr=True)
+ORDERABLE = ("symbolic", "hybrid", "neural")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoWriterConfig:
+    order: list[str]             # writers tried, of ORDERABLE
+    symbolic: SymbolicWriterConfig  # writer=symbolic's settings, also the hybrid's equations
+    neural: NeuralWriterConfig   # writer=neural's settings, also the hybrid's residual
+    max_equation_nrmse: float    # the hybrid's (`HybridWriterConfig`)
+
+    def __post_init__(self):
+        if not (self.order and all(kind in ORDERABLE for kind in self.order)):
+            raise ValueError(f"writer.order must be a non-empty list of {list(ORDERABLE)}, got {self.order!r}")
 
 
 class FallbackWriter:
