@@ -126,7 +126,7 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_allowed_type(name, over
     ("train", ["writer.thresholds=[]"], "writer: thresholds must be a non-empty list of numbers >= 0, got []"),
     ("train", ["writer.selection_tolerance=0.5"], "writer: selection_tolerance must be >= 1"),
     ("train", ["writer.validation_fraction=1.0"], "writer: validation_fraction must be in (0, 1), got 1.0"),
-    ("train", ["writer.termination_max_depth=0"], "writer: termination_max_depth must be an int >= 1, got 0"),
+    ("train", ["writer.termination.max_depth=0"], "writer.termination: max_depth must be an int >= 1, got 0"),
     ("train", [*LLM, "writer.top_p=0"], "writer: need temperature >= 0 and 0 < top_p <= 1"),
     ("train", [*LLM, "writer.candidates=0"], "writer: candidates must be a positive int, got 0"),
     ("train", ["eval.episodes=0"], "eval: episodes must be a positive int, got 0"),
@@ -229,6 +229,28 @@ def test_a_user_error_on_the_command_line_exits_2_with_its_message_before_any_ru
     done = run_module(module, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr and "DREAMER_DEBUG=1" in done.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda line: line[:40], "bad.jsonl:3: invalid JSON"),
+    (lambda line: line.replace('"obs": [', '"obs": [0.5, '), "bad.jsonl:3"),
+])
+def test_a_malformed_trace_file_exits_2_naming_its_line_before_any_run_dir(tmp_path, corrupt, message):
+    """The trace is read whole by the start-up check: a broken line is not found after the run dir exists."""
+    import gymnasium
+
+    from dreamer.traces import collect_trace, save_trace
+
+    save_trace(collect_trace(gymnasium.make("CartPole-v1"), 30, seed=0), tmp_path / "good.jsonl")
+    lines = (tmp_path / "good.jsonl").read_text().splitlines()
+    lines[2] = corrupt(lines[2])
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "run"
+    done = run_module("dreamer.train", "+experiment=from_trace", "trace.path=bad.jsonl", f"hydra.run.dir={run_dir}",
+                      cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not run_dir.exists()
 
 

@@ -41,6 +41,20 @@ def test_accuracy_is_reported_per_part_with_its_tolerances(held_out, config):
         " ".join(report.reasons)
 
 
+def test_termination_is_reported_with_its_counts_precision_and_recall(held_out, config):
+    """A sim that ends episodes too early (|θ| > 0.1 instead of 0.21) catches the real terminations and calls many
+    steps terminal that were not: a low precision the accuracy alone hides, counted in held-out steps."""
+    import numpy as np
+
+    report = validate(edit(TERMINAL, "    return state[:, 2].abs() > 0.1"), held_out, config, name="early_end")
+    f, real = report.fidelity, held_out.terminated.astype(bool)
+    called = np.abs(held_out.next_obs[:, 2]) > 0.1
+    assert f.terminations == real.sum() > 0 and f.predicted_terminations == called.sum()
+    assert f.termination_recall == pytest.approx(called[real].mean())
+    assert f.termination_precision == pytest.approx(real[called].mean()) and f.termination_precision < 0.5
+    assert Fidelity.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+
+
 def test_counterexamples_are_real_held_out_transitions_of_each_kind_of_error(held_out, config):
     source = edit(TERMINAL, "    return state[:, 2].abs() > 0.5", "GRAVITY = 9.8", "GRAVITY = 3.0")
     report = validate(source, held_out, config, name="two_errors")

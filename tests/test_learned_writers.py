@@ -21,9 +21,10 @@ from dreamer.sim.env import UncertaintyConfig, step_and_reset_every_row
 from dreamer.sim.weights import WeightsError, load_weights, save_weights, weights_path
 from dreamer.traces import collect_trace
 from dreamer.writers import make_writer, write_sim
+from dreamer.writers.coordinates import Coordinates
 from dreamer.writers.hybrid import attribution
 from dreamer.writers.protocol import WriteTask
-from dreamer.writers.symbolic import Coordinates, SymbolicWriterConfig, fit_sparse, libraries
+from dreamer.writers.symbolic import SymbolicWriterConfig, fit_sparse, libraries
 
 from conftest import FIXTURES
 
@@ -189,6 +190,48 @@ def test_the_symbolic_writer_caps_the_size_of_an_equation():
     rows = np.arange(len(trace)) < 800
     fit = fit_sparse(libraries(coords, q, trace, config.degree), change[:, 1], rows, config)
     assert 1 <= fit.num_terms <= 6
+
+
+class WallCart(gymnasium.Env):
+    """A cart on [-1, 1] whose left end is a wall that stops it dead; reaching x >= 0.9 pays 10 and ends the episode
+    (a random session meets the wall and the goal about a dozen times each in 1,500 steps)."""
+
+    def __init__(self):
+        self.observation_space = gymnasium.spaces.Box(np.array([-1.0, -2.0], np.float32), np.array([1.0, 2.0], np.float32))
+        self.action_space = gymnasium.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = np.array([self.np_random.uniform(-0.5, 0.5), 0.0])
+        return self.state.astype(np.float32), {}
+
+    def step(self, action):
+        x, v = self.state
+        v = np.clip(v + 0.05 * (int(action) - 1), -2.0, 2.0)
+        x = x + 0.1 * v
+        if x <= -1.0:
+            x, v = -1.0, 0.0
+        self.state = np.array([min(x, 1.0), v])
+        return self.state.astype(np.float32), 10.0 if x >= 0.9 else -0.1, bool(x >= 0.9), False, {}
+
+
+def test_the_neural_sim_keeps_the_sessions_walls_and_pays_a_rare_goal_bonus():
+    """What a net alone blurs: the velocity at a wall (the symbolic writer's wall rule holds it) and a bonus paid at
+    a dozen terminal steps of 1,200 (the reward line on (1, action, terminated) gets it from those)."""
+    trace = collect_trace(gymnasium.wrappers.TimeLimit(WallCart(), 200), 1500, seed=0)
+    assert 5 <= trace.terminated.sum() and 5 <= np.isclose(trace.next_obs[:, 0], -1.0).sum()
+    writer = writer_from("writer=neural", *SMALL, "writer.ensemble.epochs=30")
+    draft = writer.draft(trace)
+    assert "x[:, 1] = torch.where(x[:, 0] <= OBSERVATION_LOW[0], torch.full_like(x[:, 1], 0), x[:, 1])" in draft.source
+    sim = FuncSim.from_source(draft.source, weights=draft.weights)
+    rng = torch.Generator().manual_seed(0)
+    at_wall = sim.transition(torch.tensor([[-0.99, -0.5], [-0.995, -1.0]]), torch.tensor([0, 0]), rng)
+    assert at_wall[:, 0].tolist() == [-1.0, -1.0] and at_wall[:, 1].tolist() == [0.0, 0.0]
+    goal = torch.from_numpy(trace.terminated)
+    reward = sim.reward(torch.from_numpy(trace.obs), torch.from_numpy(trace.action), torch.from_numpy(trace.next_obs), rng)
+    assert sim.terminal(torch.from_numpy(trace.next_obs), rng).tolist() == goal.tolist()
+    np.testing.assert_allclose(reward[goal].numpy(), 10.0, atol=0.05)  # a net alone: off by 0.2-0.3
+    np.testing.assert_allclose(reward[~goal].numpy(), -0.1, atol=0.5)
 
 
 def test_attribution_splits_the_error_removed_between_equations_and_residual(neural_run):

@@ -12,10 +12,14 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 pytestmark = pytest.mark.slow
 
 
-def execute(name: str, cwd: Path, probe: str) -> tuple[nbformat.NotebookNode, dict]:
-    """Run `notebooks/<name>.ipynb` unchanged in `cwd` (with an empty `runs/`), then `probe`, a cell printing JSON
-    about the notebook's objects; returns the notebook and that JSON."""
+def execute(name: str, cwd: Path, probe: str, parameters: str = "") -> tuple[nbformat.NotebookNode, dict]:
+    """Run `notebooks/<name>.ipynb` in `cwd` (with an empty `runs/`), unchanged but for `parameters`, a cell run
+    after its first code cell (the user's settings), then `probe`, a cell printing JSON about the notebook's
+    objects; returns the notebook and that JSON."""
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    if parameters:
+        first = next(i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code")
+        notebook.cells.insert(first + 1, nbformat.v4.new_code_cell(parameters))
     (cwd / "runs").mkdir()
     notebook.cells.append(nbformat.v4.new_code_cell(f"import builtins, json\nbuiltins.print(json.dumps({probe}))"))
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
@@ -62,6 +66,25 @@ def test_plug_in_your_trace(tmp_path):
     assert seen["writers"] == {"symbolic": True, "llm (replayed)": True}
     assert seen["llm_candidates"] >= 2, "the replayed writer needed sandbox feedback before one was accepted"
     assert images(notebook) == 1
+
+
+def test_plug_in_your_trace_reads_the_spaces_of_a_users_own_trace(tmp_path):
+    """A Pendulum session (Box actions, three obs dims) of the user's own: the CSV cells map its spaces from the
+    trace, and the writers are the ones that mean something for it (no CartPole completions)."""
+    import gymnasium
+
+    from dreamer.traces import collect_trace, save_trace
+
+    save_trace(collect_trace(gymnasium.make("Pendulum-v1"), 1000, seed=0), tmp_path / "pendulum.jsonl")
+    notebook, seen = execute("plug_in_your_trace", tmp_path, """{
+        "round_trips": round_trips, "mapped": len(mapped), "session": len(session), "error": str(caught_error),
+        "action_space": str(mapped.action_space), "writers": {name: run.report.accepted for name, run in results.items()}}""",
+                             parameters=f"trace_path = {str(tmp_path / 'pendulum.jsonl')!r}")
+    assert seen["round_trips"] == {".jsonl": True, ".npz": True, ".csv": True, ".parquet": True, "minari": True}
+    assert seen["mapped"] == seen["session"] == 1000
+    assert seen["action_space"] == "Box(-2.0, 2.0, (1,), float32)"
+    assert "broken.csv:6" in seen["error"] and '"s1"' in seen["error"]
+    assert seen["writers"] == {"symbolic": True}
 
 
 def test_consolidation(tmp_path):

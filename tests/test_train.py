@@ -1,8 +1,10 @@
 """End to end: `python -m dreamer.train` with tiny budgets, and the config's start-up checks."""
 
+import dataclasses
 import json
 import subprocess
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -256,22 +258,27 @@ def test_a_session_that_never_shows_the_goal_stops_before_any_sim_is_written(tmp
 def test_the_summary_says_when_the_held_out_episodes_cannot_vouch_for_termination():
     """MountainCarContinuous's random session never reached the goal: "termination accuracy 1" read as a
     perfect `terminal` although nothing in the held-out data could test it."""
-    import dataclasses
     from pathlib import Path
 
     from dreamer.pipelines.dream import termination_figure
     from dreamer.sandbox import SandboxReport
 
     fidelity = SandboxReport.load(Path(__file__).parents[1] / "envs" / "cartpole_dream" / "report.json").fidelity
+    assert fidelity.terminations is None  # written before the counts: the figure says what it knows
     assert termination_figure(fidelity).startswith(f"{fidelity.termination_accuracy:.4g} (recall of the real terminations")
+    counted = dataclasses.replace(fidelity, termination_accuracy=0.996, termination_recall=0.9, terminations=20,
+                                  predicted_terminations=21, termination_precision=18 / 21)
+    assert termination_figure(counted) == ("0.996 (caught 18 of 20 real terminations, recall 0.9; "
+                                           "3 predicted where none happened)")
     never = dataclasses.replace(fidelity, termination_accuracy=1.0, termination_recall=None)
     assert termination_figure(never) == "1 (untested: the held-out episodes never terminate)"
+    never_called = dataclasses.replace(never, termination_accuracy=0.99, terminations=0, predicted_terminations=4)
+    assert termination_figure(never_called) == ("0.99 (untested: the held-out episodes never terminate; "
+                                                "the sim calls 4 of their steps terminal)")
     assert termination_figure(None) == "—"
 
 
 def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
-    import numpy as np
-
     from dreamer.pipelines.dream import Pick, dream_vs_real, summary_table
     from rich.console import Console
 
@@ -283,10 +290,34 @@ def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
     base = {"accepted": True, "writer": "auto", "sim_candidate": "neural/neural",
             "writers_tried": ["symbolic: REJECTED (fidelity: x)", "hybrid: REJECTED (fidelity: y)"], "real_env_steps": 5000, "dream_env_steps": 1,
             "dream_steps_per_second": 1.0, "sim_compile_seconds": None, "dream_uncertainty": {"mean": 0.05, "truncated_share": 0.012},
-            "fidelity": None, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20}
+            "fidelity": None, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20,
+            "coverage_warnings": ["no held-out episode terminated: the termination figures test nothing"]}
     console = Console(width=200, record=True)
     console.print(summary_table({**base, **exploited}))
     text = console.export_text()
     assert "round 2 (best in the last sim: round 1 150.0, round 2 500.0)" in text and "+350.0 (73% of the gain over random): LARGE" in text
     assert "writer=auto (neural/neural); tried first: symbolic: REJECTED (fidelity: x); tried first: hybrid: REJECTED" in text
     assert "0.05 per step (mean); 1.2% of steps truncated for it" in text
+    assert "session coverage" in text and "no held-out episode terminated: the termination figures test nothing" in text
+
+
+def test_the_summary_warns_of_what_the_split_cannot_vouch_for():
+    """Acrobot seed 1's case: the train episodes never terminate, the held-out ones do once and pay 0 there."""
+    import gymnasium
+
+    from dreamer.pipelines.dream import coverage_warnings
+    from dreamer.traces import collect_trace
+
+    session = collect_trace(gymnasium.make("CartPole-v1"), 400, seed=0)
+    train, held_out = session.split(0.3, 0)
+    assert coverage_warnings(train, held_out) == []
+    never = dataclasses.replace(train, terminated=np.zeros_like(train.terminated), truncated=train.terminated | train.truncated)
+    goal = dataclasses.replace(held_out, reward=np.where(held_out.terminated, 0.0, 1.0).astype(np.float32))
+    assert coverage_warnings(never, goal) == [
+        f"no training episode terminated, though {int(held_out.terminated.sum())} held-out steps did: the sim was not "
+        "shown how an episode ends",
+        f"{int(held_out.terminated.sum())} held-out steps pay a reward outside [1, 1], the training split's one reward "
+        "(e.g. 0): the sim cannot have learned it"]
+    quiet = dataclasses.replace(held_out, terminated=np.zeros_like(held_out.terminated),
+                                truncated=held_out.terminated | held_out.truncated)
+    assert coverage_warnings(train, quiet) == ["no held-out episode terminated: the termination figures test nothing"]

@@ -63,6 +63,26 @@ def missing_task_signal(session: Trace) -> str | None:
     return f"{what} and no episode that terminated"
 
 
+def coverage_warnings(train: Trace, held_out: Trace) -> list[str]:
+    """What the split cannot vouch for: a training split that never terminates (the sim then never ends an
+    episode), held-out episodes that never terminate (the termination figures test nothing), held-out rewards
+    outside the range the writer saw (a goal's reward it cannot have learned)."""
+    warnings = []
+    if not train.terminated.any():
+        seen = f", though {int(held_out.terminated.sum()):,} held-out steps did" if held_out.terminated.any() else ""
+        warnings.append(f"no training episode terminated{seen}: the sim was not shown how an episode ends")
+    elif not held_out.terminated.any():
+        warnings.append("no held-out episode terminated: the termination figures test nothing")
+    low, high = float(train.reward.min()), float(train.reward.max())
+    unseen = held_out.reward[(held_out.reward < low - 1e-6 * max(1.0, abs(low))) |
+                             (held_out.reward > high + 1e-6 * max(1.0, abs(high)))]
+    if len(unseen):
+        shown = "one reward" if low == high else "rewards"
+        warnings.append(f"{len(unseen):,} held-out steps pay a reward outside [{low:g}, {high:g}], the training "
+                        f"split's {shown} (e.g. {float(unseen[0]):g}): the sim cannot have learned it")
+    return warnings
+
+
 @dataclass(frozen=True)
 class Pick:
     """The policy the run keeps: of each round's trained policy, the best in the last round's sim."""
@@ -110,13 +130,21 @@ def dream_vs_real(pick: Pick | None, real_returns: np.ndarray | None, max_gap: f
 
 
 def termination_figure(fidelity: Fidelity | None) -> str:
-    """The held-out termination accuracy and what it can vouch for: the recall of the real terminations, or
-    that the held-out episodes never terminate (an accuracy of 1 then says nothing of `terminal`)."""
+    """The held-out termination accuracy and what it can vouch for: how many of the real terminations the sim
+    caught and how many it called where none happened, or that the held-out episodes never terminate (an accuracy
+    of 1 then says nothing of `terminal`)."""
     if fidelity is None:
         return number(None)
-    if fidelity.termination_recall is None:
-        return f"{number(fidelity.termination_accuracy)} (untested: the held-out episodes never terminate)"
-    return f"{number(fidelity.termination_accuracy)} (recall of the real terminations {number(fidelity.termination_recall)})"
+    f = fidelity
+    if f.termination_recall is None:
+        called = "" if not f.predicted_terminations else f"; the sim calls {f.predicted_terminations:,} of their steps terminal"
+        return f"{number(f.termination_accuracy)} (untested: the held-out episodes never terminate{called})"
+    if f.terminations is None:  # a report written before the counts
+        return f"{number(f.termination_accuracy)} (recall of the real terminations {number(f.termination_recall)})"
+    caught = round(f.termination_recall * f.terminations)
+    false = f.predicted_terminations - caught
+    return (f"{number(f.termination_accuracy)} (caught {caught:,} of {f.terminations:,} real terminations, "
+            f"recall {number(f.termination_recall)}; {false:,} predicted where none happened)")
 
 
 def summary_table(metrics: dict) -> Table:
@@ -135,6 +163,7 @@ def summary_table(metrics: dict) -> Table:
           if metrics["dream_uncertainty"] is not None else []),
         ("one-step obs NRMSE (held out)", number(fidelity and fidelity.obs_nrmse_mean)),
         ("termination accuracy (held out)", termination_figure(fidelity)),
+        *(("[yellow]session coverage[/]", f"[yellow]{warning}[/]") for warning in metrics["coverage_warnings"]),
         ("real return", "not evaluated" if metrics["real_return_mean"] is None
          else f"{metrics['real_return_mean']:.1f} ± {metrics['real_return_std']:.1f} over {metrics['real_eval_episodes']} episodes"),
     ]
@@ -206,7 +235,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         previous = written.source if written is not None else None
         write_stage, ppo_stage = f"round {r + 1} write", f"round {r + 1} PPO"
         if ppo_stage in stages:  # the round ended before an interruption
-            written = read_written(round_dir, sim_name)
+            (train_trace, held_out), written = read_split(round_dir, session), read_written(round_dir, sim_name)
             policy = MLPPolicy(session.observation_space, session.action_space, cfg.policy).to(device)
             trained = stages.result(ppo_stage)
             policy.load_state_dict(trained["policy"])
@@ -312,6 +341,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         "real_eval_episodes": 0 if returns is None else len(returns),
         "real_eval_env": eval_config.env_id,
         "fidelity": None if report.fidelity is None else report.fidelity.to_dict(),
+        "coverage_warnings": coverage_warnings(train_trace, held_out),  # of the last round's split
         **dream_vs_real(pick, returns, eval_config.max_gap),
     }
     if teacher is not None:

@@ -28,7 +28,7 @@ from dreamer.artifacts import write_json, write_text
 from dreamer.config import build, resolve_device, to_plain
 from dreamer.inspect.tables import number
 from dreamer.loggers import LoggerConfig, make_logger
-from dreamer.pipelines.config import check_run_config, compose_config
+from dreamer.pipelines.config import check_run_config, compose_config, trace_columns
 from dreamer.pipelines.dream import DREAM
 from dreamer.pipelines.opsd_self_context import SELF_CONTEXT
 from dreamer.pipelines.opsd_veteran import VETERAN
@@ -37,6 +37,7 @@ from dreamer.pipelines.write import WRITE
 from dreamer.resume import METRICS, Stages, check_same_config, cut_history, run_status
 from dreamer.rl import NonFiniteError
 from dreamer.sim.fidelity import Fidelity
+from dreamer.traces import load_trace
 
 console = Console(stderr=True)
 DEBUG = "DREAMER_DEBUG"  # =1: a user error shows its traceback too
@@ -145,8 +146,10 @@ class ConfigCheck(Callback):
             check_run_config(cfg, self.entry)
             PIPELINES[cfg.pipeline].configure(cfg)
             path = cfg.trace.path
-            if cfg.trace.kind == "file" and not str(path).startswith("minari:") and not Path(path).is_file():
-                raise FileNotFoundError(f"trace.path={path}: no such file")
+            if cfg.trace.kind == "file":
+                if not str(path).startswith("minari:") and not Path(path).is_file():
+                    raise FileNotFoundError(f"trace.path={path}: no such file")
+                load_trace(path, trace_columns(cfg.trace))  # the pipeline reads it again (a second, cheap read)
 
 
 def main(cfg: DictConfig, run_dir: Path) -> None:

@@ -22,6 +22,7 @@ from dreamer.sim.contract import FuncSim
 
 HELD_OUT_ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "episode")  # what the figures read
 SIGNIFICANT_DIGITS = 6  # of the numbers in counterexamples
+LATER_FIGURES = ("termination_precision", "terminations", "predicted_terminations")  # None in older reports
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,13 @@ class Fidelity:
     """Fraction of transitions whose predicted terminal flag matches the real one."""
     termination_recall: float | None
     """Fraction of the real terminations predicted; None when the held-out episodes never terminate."""
+    termination_precision: float | None
+    """Fraction of the predicted terminations that are real; None when the sim predicts none (or in a report written
+    before it was measured)."""
+    terminations: int | None
+    """Real terminal steps among the held-out transitions (None in a report written before it was counted)."""
+    predicted_terminations: int | None
+    """Held-out transitions the sim calls terminal (None in a report written before it was counted)."""
     state_accuracy: float
     """Fraction of transitions with every next_obs dim within `state_tolerance`."""
     reward_accuracy: float
@@ -82,6 +90,7 @@ class Fidelity:
     def from_dict(cls, values: Mapping[str, Any]) -> Fidelity:
         """From `to_dict`'s keys, exactly; raises ValueError naming any unknown or missing key."""
         names = [field.name for field in fields(cls)]
+        values = {**dict.fromkeys(LATER_FIGURES), **values}
         unknown, missing = sorted(set(values) - set(names)), [name for name in names if name not in values]
         if unknown:
             raise ValueError(f"unknown fidelity figure(s) {unknown}; the figures are {names}")
@@ -187,6 +196,9 @@ def measure_fidelity(sim: FuncSim, held_out: HeldOut, predictions: Predictions, 
         reward_nrmse=reward_rmse / _reward_scale(h.reward),
         termination_accuracy=float(termination_right.double().mean()),
         termination_recall=float(p.terminated[h.terminated].double().mean()) if h.terminated.any() else None,
+        termination_precision=float(h.terminated[p.terminated].double().mean()) if p.terminated.any() else None,
+        terminations=int(h.terminated.sum()),
+        predicted_terminations=int(p.terminated.sum()),
         state_accuracy=float(state_right.double().mean()),
         reward_accuracy=float(reward_right.double().mean()),
         accuracy=float((state_right & reward_right & termination_right).double().mean()),

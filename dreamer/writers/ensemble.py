@@ -8,6 +8,7 @@ training mean and std, kept beside the weights (`x_mean`, `x_std`, `y_mean`, `y_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,12 +103,14 @@ class Ensemble(torch.nn.Module):
         return {name: t.detach().float().contiguous().clone() for name, t in tensors.items()}
 
 
-def fit_ensemble(x: np.ndarray, y: np.ndarray, config: EnsembleConfig, seed: int) -> tuple[Ensemble, FitReport]:
+def fit_ensemble(x: np.ndarray, y: np.ndarray, config: EnsembleConfig, seed: int,
+                 on_epoch: Callable[[int, float], None] | None = None) -> tuple[Ensemble, FitReport]:
     """An ensemble fitted to (N, in) inputs and (N, out) targets.
 
     A random `validation_fraction` of the rows is held back; each member trains on its own bootstrap resample
     of the rest, for at most `epochs`, and keeps the weights of its best validation loss (mean squared error
-    of its mean, normalized), stopping after `patience` epochs without a better one."""
+    of its mean, normalized), stopping after `patience` epochs without a better one. `on_epoch(epoch, worst
+    member's best validation loss)` is called after each epoch."""
     generator = torch.Generator().manual_seed(seed)
     n = len(x)
     order = torch.randperm(n, generator=generator)
@@ -145,6 +148,8 @@ def fit_ensemble(x: np.ndarray, y: np.ndarray, config: EnsembleConfig, seed: int
                     best_state[key][member] = value[member]
             best_epoch[member] = epoch
         best, waited = torch.where(improved, mse, best), torch.where(improved, 0, waited + 1)
+        if on_epoch is not None:
+            on_epoch(epoch, float(best.max()))
         if bool((waited >= config.patience).all()):
             break
     shared = {k: v for k, v in model.state_dict().items() if not k.startswith(("weights", "biases"))}

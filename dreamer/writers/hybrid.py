@@ -2,9 +2,10 @@
 
 It fits the equations (`dreamer.writers.symbolic`), then the neural writer's ensembles
 (`dreamer.writers.neural`) on what the equations get wrong: the real next observation minus the equations'
-(wall rules left out: the residual learns what happens at a bound), and the real reward minus the reward
-equation's. The sim steps by the equations, then adds the dynamics ensemble's residual (by the neural writer's
-`sampling`) and the reward ensemble's mean; termination is the equations' decision tree. An equation whose
+(wall rules left out), and the real reward minus the reward equation's. The sim steps by the equations, then
+adds the dynamics ensemble's residual (by the neural writer's `sampling`), clips to the observation space and
+applies the wall rules; it pays the reward equation plus the reward ensemble's mean; termination is the
+equations' rule. An equation whose
 validation NRMSE (on the episodes the symbolic writer held back) is above `max_equation_nrmse` is dropped, so
 that a coordinate the equations cannot describe, and would extrapolate wildly, is the residual's alone.
 
@@ -113,7 +114,8 @@ class HybridWriter:
         cfg = self.config
         fitted = SymbolicWriter(cfg.symbolic).fit(trace)
         equations, dropped = trusted(fitted, cfg.max_equation_nrmse)
-        weights, fits = fit_networks(trace, cfg.neural, equations.predicted_next_obs(trace), equations.predicted_reward())
+        weights, fits = fit_networks(trace, equations.coords, cfg.neural, equations.predicted_next_obs(trace),
+                                     equations.predicted_reward())
         coords = equations.coords
         left = (f"Left to the residual whole (validation NRMSE of their equations above {cfg.max_equation_nrmse:g}): "
                 f"{', '.join(dropped)}.\n" if dropped else "")
@@ -121,8 +123,8 @@ class HybridWriter:
 
 The symbolic writer's equations (`equations`, `reward_equation`: sparse regression over candidate terms) plus a
 learned residual. {left}
-{network_docs(coords, cfg.neural, "what the equations get wrong of the next observation", "what the reward equation gets wrong")}
-Termination: a decision tree on the next state's coordinates and their magnitudes.
+{network_docs(coords, cfg.neural, "what the equations get wrong of the next state's coordinates", "what the reward equation gets wrong")}
+Termination: the equations' rule on the next state (a decision tree on its coordinates, or a linear threshold on its monomials).
 """
 '''
         lines = [header, "import torch", "", *space_lines(trace, cfg.symbolic.default_max_episode_steps), "",
@@ -130,6 +132,6 @@ Termination: a decision tree on the next state's coordinates and their magnitude
                  *transition_lines("equations", equations, walls=False), "", "",
                  *reward_lines("reward_equation", equations), "", "",
                  *network_lines(trace, coords, cfg.neural, "equations(state, action, rng)",
-                                "reward_equation(state, action, next_state, rng)"), "", "",
+                                "reward_equation(state, action, next_state, rng)", equations.walls), "", "",
                  "def terminal(state, rng):", *terminal_lines(coords, equations.terminal), ""]
         return render_source(trace, fitted, cfg.symbolic), Draft("\n".join(lines), weights, fits)

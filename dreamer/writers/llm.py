@@ -29,6 +29,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dreamer.artifacts import write_json, write_text
+from dreamer.progress import progress
 from dreamer.sandbox import SandboxReport
 from dreamer.writers.backends import Backend, Request
 from dreamer.writers.prompting import Templates, extract_code, feedback_prompt, session_prompt
@@ -114,7 +115,9 @@ class LLMWriter:
                                     {"role": "user", "content": feedback_prompt(self.templates, parent.report)}),
                                 cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed + 1000 * iteration + k)
                         for k, parent in enumerate(parents)]
-            completions = self.backend.complete(requests)
+            with progress(f"iteration {iteration}/{cfg.iterations}: {len(requests)} completion"
+                          f"{'s' * (len(requests) != 1)} from {self.backend.name}"):
+                completions = self.backend.complete(requests)
             sources = [extract_code(completion) for completion in completions]
             reports = task.judge(sources)
             for k, (parent, request, completion, source, report) in enumerate(

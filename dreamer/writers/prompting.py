@@ -176,6 +176,10 @@ def feedback_prompt(templates: Templates, report: SandboxReport) -> str:
         fidelity = "\n".join(f"- {key}: {'not measured' if value is None else shown(value)}" for key, value in (
             ("one-step next_obs NRMSE per dim (RMSE / std of next_obs - obs)", f.obs_nrmse),
             ("reward NRMSE", f.reward_nrmse), ("termination accuracy", f.termination_accuracy),
+            ("real terminations in the held-out steps, and how many the simulator called terminal",
+             None if f.terminations is None else (f.terminations, f.predicted_terminations)),
+            ("termination recall (real terminations caught)", f.termination_recall),
+            ("termination precision (called terminations that were real)", f.termination_precision),
             ("accuracy (state, reward and termination all right)", f.accuracy),
             (f"{f.kstep}-step open-loop NRMSE", f.kstep_nrmse)))
     else:

@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 
 from dreamer.artifacts import write_text
+from dreamer.progress import progress
 from dreamer.sandbox import SandboxConfig, SandboxReport, validate_many
 from dreamer.sim.weights import save_weights, weights_path
 from dreamer.traces import Trace
@@ -29,7 +30,9 @@ class WriteTask:
 
     def judge(self, sources: list[str], weights: list[Weights | None] | None = None) -> list[SandboxReport]:
         """Each source's (and its weights') sandbox report on `held_out` (validated in parallel worker processes)."""
-        return validate_many(sources, self.held_out, self.sandbox, [self.sim_name] * len(sources), weights)
+        with progress(f"judging {len(sources)} candidate{'s' * (len(sources) != 1)} in the sandbox on "
+                      f"{len(self.held_out):,} held-out transitions"):
+            return validate_many(sources, self.held_out, self.sandbox, [self.sim_name] * len(sources), weights)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ What it fits, on the trace's transitions, assuming nothing about which environme
   coordinate met a bound and another always took one value then (a velocity stopped at a wall), so does the sim;
 - reward: the same regression on the state before the step, the action and (where the trace has terminal
   steps) whether the step ended the episode;
-- termination: a shallow decision tree on the next state's coordinate magnitudes, or on the signed
-  coordinates too where the magnitudes cannot tell the terminal states apart;
+- termination: a shallow decision tree on the next state's coordinates, or a sparse linear threshold on the
+  monomials of the next observation where no box holds the terminal states (`dreamer.writers.termination`);
 - initial states: uniform over the box the episode starts span, per coordinate;
 - horizon: the trace's `max_episode_steps`, else the longest truncated episode, else the default.
 
@@ -31,16 +31,19 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import pysindy
 from gymnasium import spaces
-from sklearn.tree import DecisionTreeClassifier
 
 from dreamer.artifacts import write_json
+from dreamer.progress import progress
 from dreamer.sim.contract import space_to_dict
 from dreamer.traces import Trace
+from dreamer.writers.coordinates import Coordinates
 from dreamer.writers.protocol import Written, WriteTask, candidate_summary, save_candidate
+from dreamer.writers.termination import TerminationConfig, fit_termination
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,14 @@ class SymbolicWriterConfig:
     target_nrmse: float               # ... or with error <= this validation NRMSE
     max_terms: int                    # largest equation considered (the sparsest, if every candidate is larger)
     validation_fraction: float        # share of the trace's episodes held back to pick a threshold
-    termination_max_depth: int        # depth of the termination tree
+    termination: TerminationConfig    # when an episode ends (`dreamer.writers.termination`)
     wall_min_rows: int                # steps at a bound that make a wall rule (`wall_rules`)
     angle_tolerance: float            # max |cos² + sin² - 1| for a pair to count as an angle
     default_max_episode_steps: int    # horizon when the trace does not tell
     seed: int
 
     def __post_init__(self):
-        for key, low in (("degree", 0), ("reward_degree", 0), ("max_terms", 1), ("termination_max_depth", 1), ("wall_min_rows", 1),
+        for key, low in (("degree", 0), ("reward_degree", 0), ("max_terms", 1), ("wall_min_rows", 1),
                          ("default_max_episode_steps", 1)):
             if getattr(self, key) < low:
                 raise ValueError(f"{key} must be an int >= {low}, got {getattr(self, key)}")
@@ -84,59 +87,6 @@ class Feature:
     code: str
     values: np.ndarray   # (N,) float64
     indicator: bool = False   # a 0/1 action indicator: its powers equal itself
-
-
-@dataclass(frozen=True)
-class Coordinates:
-    """Observation <-> regression coordinates: plain dimensions and (cos, sin) angle pairs."""
-
-    obs_dim: int
-    angle_starts: tuple[int, ...]   # obs index i of each pair (i: cos θ, i + 1: sin θ)
-
-    @classmethod
-    def detect(cls, obs: np.ndarray, tolerance: float) -> "Coordinates":
-        starts, i = [], 0
-        while i + 1 < obs.shape[1]:
-            if np.max(np.abs(obs[:, i] ** 2 + obs[:, i + 1] ** 2 - 1.0)) <= tolerance:
-                starts.append(i)
-                i += 2
-            else:
-                i += 1
-        return cls(obs.shape[1], tuple(starts))
-
-    @property
-    def layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        """(name, obs indices) per coordinate: `x{i}` for a plain dim, `th{i}` for an angle pair."""
-        out, i = [], 0
-        while i < self.obs_dim:
-            if i in self.angle_starts:
-                out.append((f"th{i}", (i, i + 1)))
-                i += 2
-            else:
-                out.append((f"x{i}", (i,)))
-                i += 1
-        return out
-
-    def from_obs(self, obs: np.ndarray) -> np.ndarray:
-        """(N, O) observations -> (N, D) coordinates."""
-        cols = [np.arctan2(obs[:, idx[1]], obs[:, idx[0]]) if len(idx) == 2 else obs[:, idx[0]] for _, idx in self.layout]
-        return np.stack(cols, axis=1).astype(np.float64)
-
-    def to_obs(self, q: np.ndarray, space: spaces.Box) -> np.ndarray:
-        """(N, D) coordinates -> (N, O) observations, plain dims clipped to `space` (as `to_observation` does)."""
-        columns = []
-        for d, (_, idx) in enumerate(self.layout):
-            columns += [np.cos(q[:, d]), np.sin(q[:, d])] if len(idx) == 2 else [
-                np.clip(q[:, d], space.low[idx[0]], space.high[idx[0]])]
-        return np.stack(columns, axis=1)
-
-    def change(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
-        """(N, D) one-step change of each coordinate; angle changes wrapped to [-π, π)."""
-        delta = self.from_obs(next_obs) - self.from_obs(obs)
-        for d, (_, idx) in enumerate(self.layout):
-            if len(idx) == 2:
-                delta[:, d] = (delta[:, d] + math.pi) % (2 * math.pi) - math.pi
-        return delta
 
 
 @dataclass(frozen=True)
@@ -184,7 +134,7 @@ class Equations:
 
     coords: Coordinates
     dynamics: list[SparseFit]
-    walls: list[str]
+    walls: list[Wall]
     reward: SparseFit
     terminal: str
 
@@ -262,24 +212,41 @@ def unsaturated(next_obs: np.ndarray, space: spaces.Box) -> np.ndarray:
     return ~(at_low | at_high).any(axis=1)
 
 
-def wall_rules(coords: Coordinates, next_obs: np.ndarray, space: spaces.Box, min_rows: int) -> list[str]:
-    """Lines for `transition`: where the session's next state met a finite bound of a plain coordinate in at least
-    `min_rows` steps, and another plain coordinate took one value in all of them (a velocity stopped at a wall),
-    the sim sets that value there too. The regression left those steps out (`unsaturated`)."""
-    plain = [(name, idx[0]) for name, idx in coords.layout if len(idx) == 1]
+@dataclass(frozen=True)
+class Wall:
+    """Where the session's next state met a finite bound of a plain coordinate, another plain coordinate took one
+    value in every such step (a velocity stopped at a wall): the sim sets that value there too."""
+
+    bound: int                   # obs index of the coordinate that met the bound
+    side: Literal["LOW", "HIGH"]
+    other: int                   # obs index of the coordinate that took one value there
+    value: float
+    rows: int                    # steps of the session that met the bound
+
+    def line(self, at: Callable[[int], str]) -> str:
+        """The rule as a line of `transition`, where `at(i)` is the code of obs coordinate i (read and assigned)."""
+        test = "<=" if self.side == "LOW" else ">="
+        value = format_float(self.value)
+        return (f"    {at(self.other)} = torch.where({at(self.bound)} {test} OBSERVATION_{self.side}[{self.bound}], "
+                f"torch.full_like({at(self.other)}, {value}), {at(self.other)})"
+                f"  # x{self.other} was {value} in all {self.rows} steps that met that bound")
+
+
+def wall_rules(coords: Coordinates, next_obs: np.ndarray, space: spaces.Box, min_rows: int) -> list[Wall]:
+    """The walls of the session: a bound met in at least `min_rows` steps, and another plain coordinate that took
+    one value in all of them. The regression left those steps out (`unsaturated`)."""
+    plain = [idx[0] for _, idx in coords.layout if len(idx) == 1]
     at_low, at_high = at_bounds(next_obs, space)
-    lines = []
-    for name, i in plain:
-        for side, at, test in (("LOW", at_low[:, i], "<="), ("HIGH", at_high[:, i], ">=")):
+    walls = []
+    for i in plain:
+        for side, at in (("LOW", at_low[:, i]), ("HIGH", at_high[:, i])):
             if at.sum() < min_rows:
                 continue
-            for other, k in plain:
+            for k in plain:
                 values = next_obs[at, k]
-                if other != name and np.ptp(values) <= 1e-9:
-                    lines.append(f"    {other} = torch.where({name} {test} OBSERVATION_{side}[{i}], "
-                                 f"torch.full_like({other}, {format_float(float(values[0]))}), {other})"
-                                 f"  # {other} was {format_float(float(values[0]))} in all {int(at.sum())} steps that met that bound")
-    return lines
+                if k != i and np.ptp(values) <= 1e-9:
+                    walls.append(Wall(i, side, k, float(values[0]), int(at.sum())))
+    return walls
 
 
 def fit_sparse(
@@ -367,41 +334,6 @@ def format_sum(fit_row: np.ndarray, names: list[str]) -> str:
     return text[2:] if text.startswith("+ ") else "-" + text[2:]
 
 
-def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.ndarray, max_depth: int, seed: int) -> str:
-    """A torch boolean expression over next-state coordinate names (and `abs_*`) for `terminal`: a decision
-    tree of depth `max_depth` (seeded with `seed`)."""
-    if not terminated.any():
-        return "torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)"
-    if terminated.all():
-        return "torch.ones(state.shape[0], dtype=torch.bool, device=state.device)"
-    q = coords.from_obs(next_obs)
-    names = [name for name, _ in coords.layout]
-    magnitudes, signed = np.abs(q), np.concatenate([np.abs(q), q], axis=1)
-    trees = [DecisionTreeClassifier(max_depth=max_depth, random_state=seed).fit(X, terminated)
-             for X in (magnitudes, signed)]
-    # Symmetric bounds first: a session that met a bound on one side only (a cart leaving right, never left)
-    # cannot tell |x| > b from x > b, and the magnitude tree keeps the bound on the side it never saw.
-    symmetric = trees[0].score(magnitudes, terminated) >= trees[1].score(signed, terminated)
-    tree = trees[0] if symmetric else trees[1]
-    feature_names = [f"abs_{n}" for n in names] + ([] if symmetric else names)
-    t = tree.tree_
-    leaves = []
-
-    def walk(node: int, path: list[str]) -> None:
-        if t.children_left[node] == -1:
-            if tree.classes_[np.argmax(t.value[node][0])]:
-                leaves.append(" & ".join(path) if path else "True")
-            return
-        name, threshold = feature_names[t.feature[node]], f"{t.threshold[node]:.9g}"
-        walk(t.children_left[node], path + [f"({name} <= {threshold})"])
-        walk(t.children_right[node], path + [f"({name} > {threshold})"])
-
-    walk(0, [])
-    if not leaves:
-        return "torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)"
-    return " | ".join(f"({leaf})" if " & " in leaf and len(leaves) > 1 else leaf for leaf in leaves)
-
-
 class SymbolicWriter:
     """Trace -> sim source by sparse regression (see module docstring)."""
 
@@ -428,6 +360,10 @@ class SymbolicWriter:
 
     def fit(self, trace: Trace) -> Equations:
         """The equations of `trace`."""
+        with progress(f"fitting equations to {len(trace):,} transitions"):
+            return self._fit(trace)
+
+    def _fit(self, trace: Trace) -> Equations:
         cfg = self.config
         coords = Coordinates.detect(trace.obs, cfg.angle_tolerance)
         q = coords.from_obs(trace.obs)
@@ -438,7 +374,7 @@ class SymbolicWriter:
         dynamics_libraries = libraries(coords, q, trace, cfg.degree)
         dynamics = [fit_sparse(dynamics_libraries, change[:, d], rows, cfg, inside) for d in range(change.shape[1])]
         reward = fit_sparse(libraries(coords, q, trace, cfg.reward_degree, ended(trace)), trace.reward.astype(np.float64), rows, cfg)
-        terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg.termination_max_depth, cfg.seed)
+        terminal = fit_termination(coords, trace.next_obs, trace.terminated, cfg.termination, cfg.seed)
         walls = wall_rules(coords, trace.next_obs, trace.observation_space, cfg.wall_min_rows)
         return Equations(coords, dynamics, walls, reward, terminal)
 
@@ -559,7 +495,8 @@ def transition_lines(function: str, equations: Equations, walls: bool = True) ->
         for name, fit in zip(names, equations.dynamics)
     ]
     return [f"def {function}(state, action, rng):", *unpack_lines(coords), *helper_lines(equations.dynamics), *lines,
-            *(equations.walls if walls else []), f"    return to_observation({', '.join(names)})"]
+            *(wall.line(lambda i: f"x{i}") for wall in (equations.walls if walls else [])),
+            f"    return to_observation({', '.join(names)})"]
 
 
 def reward_lines(function: str, equations: Equations) -> list[str]:
@@ -580,7 +517,7 @@ def render_source(trace: Trace, equations: Equations, cfg: SymbolicWriterConfig)
 Coordinates {", ".join(names)}{angles}.
 Dynamics: each coordinate's one-step change, by sparse regression (STLSQ) over candidate terms.
 Reward: the same regression on the state before the step, the action and (`done`) whether the step ended the episode.
-Termination: a decision tree on the next state's coordinates and their magnitudes.
+Termination: a rule on the next state (a decision tree on its coordinates, or a linear threshold on its monomials).
 """
 '''
     lines = [
