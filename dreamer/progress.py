@@ -1,7 +1,7 @@
-"""Progress on stderr for the steps that take more than a second or two (fitting a writer's models, judging
-candidates in the sandbox): a live line with a spinner or a bar and the time elapsed where stderr is a terminal,
-nothing in a log (rich draws live displays on terminals only; the steps print their own result lines). PPO
-has its own bar (`dreamer.rl.ppo`)."""
+"""Progress on stderr for the steps that take more than a second or two (recording real steps, fitting a
+writer's models, judging candidates in the sandbox, scoring and evaluating the policy): a live line with a
+spinner or a bar and the time elapsed where stderr is a terminal, nothing in a log (rich draws live displays
+on terminals only; the steps print their own result lines). PPO has its own bar (`dreamer.rl.ppo`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def progress(description: str, total: int | None = None) -> Iterator[Advance]:
     """A transient progress line for the `with` block: a spinner, or a bar of `total` steps moved by the yielded
     `advance(done, status)`."""
     global _showing
-    if _showing:
+    if _showing or not console.is_terminal:  # off a terminal, rich would still leave an empty line behind
         yield lambda done, status: None
         return
     columns = [SpinnerColumn(), TextColumn(f"  {description}")]

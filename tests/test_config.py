@@ -216,6 +216,10 @@ def test_an_impossible_value_stops_the_run_before_any_work(tmp_path, overrides, 
     ("dreamer.train", ["seed=1.5"], "seed=1.5 is not an int"),
     ("dreamer.train", ["policy=sequence"], "pipeline=dream trains policy.kind in ['mlp'], got policy.kind='sequence'"),
     ("dreamer.write", ["trace.path=no_such_session.jsonl"], "trace.path=no_such_session.jsonl: no such file"),
+    ("dreamer.train", ["trace.env_id=NoSuchEnv-v0"], "trace: env_id='NoSuchEnv-v0' is not an env Gymnasium can make: "
+                                                   "Environment `NoSuchEnv` doesn't exist."),
+    ("dreamer.train", ["eval.env_id=no_such_module:Cart-v0"], "eval: env_id='no_such_module:Cart-v0' is not an env "
+                                                              "Gymnasium can make: No module named 'no_such_module'"),
     # a key the config lacks, without `+` (Hydra alone would only suggest `+algo.learnin_rate=...`) and with it
     ("dreamer.train", ["algo.learnin_rate=1e-3"], "unknown config key 'algo.learnin_rate'; allowed keys under algo: "
                                                   "['anneal_lr', 'checkpoint_every',"),

@@ -148,7 +148,8 @@ def nonfinite_table(nonfinite: dict) -> Table:
 
 
 def metrics_table(metrics: dict, title: str = "metrics.json") -> Table:
-    """The scalar entries of a metrics dict (nested dicts flattened with "/")."""
+    """The scalar entries of a metrics dict (nested dicts flattened with "/"), and its lists of text (the
+    sandbox's reasons, the writers tried, the coverage warnings) joined by "; "."""
     table = Table(title=title, show_header=False)
 
     def rows(prefix: str, value):
@@ -157,6 +158,8 @@ def metrics_table(metrics: dict, title: str = "metrics.json") -> Table:
                 yield from rows(f"{prefix}/{key}" if prefix else key, inner)
         elif value is None or isinstance(value, bool | int | float | str):
             yield prefix, value
+        elif isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            yield prefix, "; ".join(value)
 
     for key, value in rows("", metrics):
         table.add_row(key, value if isinstance(value, str) else number(value))

@@ -4,11 +4,13 @@ top-level keys each entry point allows, and `check_run_config`, the start-up che
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +31,23 @@ ENTRY_POINTS = {  # entry point -> (the pipelines it runs, its config's top-leve
 }
 
 
+def env_id_problem(env_id: str) -> str | None:
+    """Why `gymnasium.make(env_id)` cannot find the env, or None (a `module:Env-v0` id imports its module first)."""
+    module, _, name = env_id.rpartition(":")
+    try:
+        if module:
+            importlib.import_module(module)
+        gymnasium.spec(name)
+    except (ImportError, gymnasium.error.Error) as error:
+        return str(error)
+    return None
+
+
+def check_env_id(env_id: str) -> None:
+    if problem := env_id_problem(env_id):
+        raise ValueError(f"env_id={env_id!r} is not an env Gymnasium can make: {problem}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """The `eval` section of `python -m dreamer.train`."""
@@ -45,6 +64,8 @@ class EvalConfig:
                 raise ValueError(f"{key} must be a positive int, got {getattr(self, key)}")
         if not self.max_gap >= 0:
             raise ValueError(f"max_gap must be a number >= 0, got {self.max_gap}")
+        if self.env_id is not None:
+            check_env_id(self.env_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +85,7 @@ class TraceConfig:
         if self.kind == "gym":
             if not self.env_id:
                 raise ValueError(f"env_id must name a Gymnasium env for kind=gym, got {self.env_id!r}")
+            check_env_id(self.env_id)
             if not self.steps_per_round or min(self.steps_per_round) < 1:
                 raise ValueError(f"steps_per_round must be a non-empty list of positive ints for kind=gym, "
                                  f"got {self.steps_per_round}")
@@ -110,9 +132,9 @@ def check_run_config(cfg: DictConfig, entry: Literal["train", "write"]) -> None:
     resolve_device(values["device"])
     build(SimConfig, values["sim"], "sim")
     build(LoggerConfig, values["logger"], "logger")
+    trace_config(values["trace"])  # before eval, whose env_id is the trace's by default
     if "eval" in values:
         build(EvalConfig, values["eval"], "eval")
-    trace_config(values["trace"])
 
 
 def trace_config(trace: Mapping[str, Any]) -> TraceConfig:

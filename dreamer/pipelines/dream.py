@@ -27,6 +27,7 @@ from dreamer.inspect.tables import gap_text, number
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.pipelines.config import EvalConfig, SimConfig, TraceConfig, policy_config, ppo_config, trace_columns, trace_config
 from dreamer.pipelines.protocol import Pipeline, Run, Stopped
+from dreamer.progress import progress
 from dreamer.rl import (MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, novelty_sim,
                         train_ppo)
 from dreamer.sandbox import SandboxConfig, load_sim
@@ -63,23 +64,33 @@ def missing_task_signal(session: Trace) -> str | None:
     return f"{what} and no episode that terminated"
 
 
+REWARD_KINDS = 10  # a reward with at most this many distinct values (to 6 digits) pays "kinds" of reward
+
+
+def steps(count: int, split: str) -> str:
+    """`1 held-out step pays`, `3 held-out steps pay`."""
+    return f"{count:,} {split} step pays" if count == 1 else f"{count:,} {split} steps pay"
+
+
 def coverage_warnings(train: Trace, held_out: Trace) -> list[str]:
     """What the split cannot vouch for: a training split that never terminates (the sim then never ends an
-    episode), held-out episodes that never terminate (the termination figures test nothing), held-out rewards
-    outside the range the writer saw (a goal's reward it cannot have learned)."""
+    episode), held-out episodes that never terminate (the termination figures test nothing) and, for a reward of
+    a few distinct values (a step cost, a goal's bonus), a kind of reward one split pays and the other never
+    does: held out only, the sim cannot have learned it; trained on only, the held-out figures do not test it."""
     warnings = []
     if not train.terminated.any():
         seen = f", though {int(held_out.terminated.sum()):,} held-out steps did" if held_out.terminated.any() else ""
         warnings.append(f"no training episode terminated{seen}: the sim was not shown how an episode ends")
     elif not held_out.terminated.any():
         warnings.append("no held-out episode terminated: the termination figures test nothing")
-    low, high = float(train.reward.min()), float(train.reward.max())
-    unseen = held_out.reward[(held_out.reward < low - 1e-6 * max(1.0, abs(low))) |
-                             (held_out.reward > high + 1e-6 * max(1.0, abs(high)))]
-    if len(unseen):
-        shown = "one reward" if low == high else "rewards"
-        warnings.append(f"{len(unseen):,} held-out steps pay a reward outside [{low:g}, {high:g}], the training "
-                        f"split's {shown} (e.g. {float(unseen[0]):g}): the sim cannot have learned it")
+    trained, held = (np.round(split.reward.astype(np.float64), 6) for split in (train, held_out))
+    if len(np.union1d(trained, held)) <= REWARD_KINDS:
+        for value in np.setdiff1d(held, trained):
+            warnings.append(f"{steps(int((held == value).sum()), 'held-out')} {value:g}, a reward no training step "
+                            "pays: the sim cannot have learned it")
+        for value in np.setdiff1d(trained, held):
+            warnings.append(f"{steps(int((trained == value).sum()), 'training')} {value:g}, a reward no held-out step "
+                            "pays: the held-out figures do not test the sim's")
     return warnings
 
 
@@ -252,7 +263,8 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
                 console.print(f"[bold]round {r + 1}/{len(rounds)}[/]: {missing:,} real steps in {trace.env_id}"
                               f" acting {'at random' if policy is None else 'with the explorer' if explorer else 'with the dream policy'}")
                 behaviour = None if policy is None else partial(policy.act, deterministic=False)
-                session = record_steps(recorder, missing, cfg.seed + r, behaviour)
+                with progress(f"recording {missing:,} real steps in {trace.env_id}"):
+                    session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
         lacking = missing_task_signal(session)
         explore = lacking is not None and r < len(rounds) - 1 and trace.explore is not None
@@ -291,12 +303,12 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         sim = branched(sim, cfg.sim.branch, torch.as_tensor(train_trace.obs))
         envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device, compile=cfg.sim.compile, uncertainty=cfg.sim.uncertainty)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
-        before, progress = dream_steps, stages.progress(ppo_stage)
+        before, saved = dream_steps, stages.progress(ppo_stage)
         result = train_ppo(policy, envs, cfg.ppo, seed=cfg.seed + r,
                            log=lambda row, step: logger.log({f"dream/{k}": v for k, v in row.items()}, before + step),
                            progress=cfg.progress, auxiliary=distill,
                            checkpoint=partial(stages.save_progress, ppo_stage),
-                           resume=None if progress is None else progress[0])
+                           resume=None if saved is None else saved[0])
         dream_steps += result.env_steps
         sps, last_update, uncertainty = result.steps_per_second, result.history[-1], envs.uncertainty_stats()
         compile_seconds = envs.compile_seconds if envs.compiled else None
@@ -316,10 +328,14 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         session = load_trace(run_dir / "trace.jsonl")
     returns, teacher_returns, report, pick = None, None, written.report, None
     if report.accepted:
-        pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py", device), eval_config)
+        with progress(f"scoring {len(round_policies)} round policies in the last sim ({eval_config.dream_episodes} "
+                      "episodes each)"):
+            pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py", device), eval_config)
         policy.cpu().save(run_dir / "policy")
         if eval_config.env_id:
-            returns = evaluate_policy(policy, gymnasium.make(eval_config.env_id), eval_config.episodes, eval_config.seed)
+            with progress(f"evaluating the policy in {eval_config.env_id} ({eval_config.episodes} episodes)"):
+                returns = evaluate_policy(policy, gymnasium.make(eval_config.env_id), eval_config.episodes,
+                                          eval_config.seed)
             logger.log({"real/return_mean": float(returns.mean())}, dream_steps)
             if teacher is not None:
                 teacher_returns = evaluate_policy(teacher.model.cpu(), gymnasium.make(eval_config.env_id),

@@ -14,8 +14,9 @@ For dynamics that no equation fits. What it fits on the trace's transitions (PET
   are learned from a handful of terminations far better than by a net; `dreamer.writers.termination`);
 - uncertainty: how far the members disagree about the change, the largest distance of one member's mean from
   the ensemble's, in units of the change's std (the dream can penalize or truncate on it: `sim.uncertainty`);
-- walls: where a coordinate met a bound of the observation space and another took one value in every such
-  step (a velocity stopped at a wall), the sim sets that value, as the symbolic writer's;
+- walls: steps whose next observation the env clipped to a bound are left out of the dynamics fit; the sim clips
+  to the same bounds, and where a coordinate met a bound and another took one value in every such step (a
+  velocity stopped at a wall), sets that value, as the symbolic writer's;
 - initial states: uniform over the box the episode starts span, per coordinate (as the symbolic writer's).
 
 `sampling`: "mean" steps by the members' mean; "member" (MBPO, TS1) lets each row follow a member drawn at
@@ -43,7 +44,8 @@ from dreamer.traces import Trace
 from dreamer.writers.coordinates import Coordinates
 from dreamer.writers.ensemble import Ensemble, EnsembleConfig, FitReport, fit_ensemble
 from dreamer.writers.protocol import Weights, Written, WriteTask, candidate_summary, save_candidate
-from dreamer.writers.symbolic import OBSERVATION_LINES, Wall, space_lines, start_lines, terminal_lines, wall_rules
+from dreamer.writers.symbolic import (OBSERVATION_LINES, Wall, space_lines, start_lines, terminal_lines, unsaturated,
+                                      wall_rules)
 from dreamer.writers.termination import TerminationConfig, fit_termination
 
 console = Console(stderr=True)
@@ -152,15 +154,20 @@ Termination: a rule on the next state (a decision tree on its coordinates, or a 
 def fit_networks(trace: Trace, coords: Coordinates, cfg: NeuralWriterConfig, base_next_obs: np.ndarray,
                  base_reward: np.ndarray) -> tuple[Weights, dict[str, FitReport]]:
     """The dynamics and reward ensembles, fitted to what a base model leaves: the real next state's coordinates
-    minus those of `base_next_obs` (N, O) (an angle's difference wrapped), the real reward minus `base_reward`
-    (N,). -> their weights (`dynamics.*`, `reward.*`) and how each fit went."""
+    minus those of `base_next_obs` (N, O) (an angle's difference wrapped; on the steps no bound clipped), the
+    real reward minus `base_reward` (N,). -> their weights (`dynamics.*`, `reward.*`) and how each fit went."""
     inputs = np.concatenate([trace.obs, encode_action(trace.action, trace.action_space)], axis=1)
+    change = coords.change(base_next_obs, trace.next_obs).astype(np.float32)
+    # As the symbolic writer's fit: steps whose next observation the env clipped to a bound are left out (the sim
+    # clips to the same bounds and applies the wall rules); at a wall they jump by tens of stds and ruin the fit.
+    inside = unsaturated(trace.next_obs, trace.observation_space)
+    inside = inside if inside.sum() >= 2 else np.ones(len(trace), bool)
     start, ens = time.perf_counter(), cfg.ensemble
     console.print(f"  fitting the dynamics and reward ensembles ({ens.members} MLPs each) on {len(trace):,} transitions, "
                   f"at most {ens.epochs} epochs")
     with progress(f"dynamics ensemble, {len(trace):,} transitions", total=ens.epochs) as advance:
-        dynamics, dynamics_fit = fit_ensemble(inputs, coords.change(base_next_obs, trace.next_obs).astype(np.float32),
-                                              ens, cfg.seed, lambda epoch, mse: advance(epoch, f"validation MSE {mse:.2g}"))
+        dynamics, dynamics_fit = fit_ensemble(inputs[inside], change[inside], ens, cfg.seed,
+                                              lambda epoch, mse: advance(epoch, f"validation MSE {mse:.2g}"))
     with progress(f"reward ensemble, {len(trace):,} transitions", total=ens.epochs) as advance:
         reward, reward_fit = fit_ensemble(reward_inputs(trace), (trace.reward - base_reward)[:, None].astype(np.float32),
                                           replace(ens, probabilistic=False), cfg.seed + 1,
