@@ -1,7 +1,7 @@
 """Progress on stderr for the steps that take more than a second or two (recording real steps, fitting a
-writer's models, judging candidates in the sandbox, scoring and evaluating the policy): a live line with a
+writer's models, judging candidates in the sandbox, PPO, scoring and evaluating the policy): a live line with a
 spinner or a bar and the time elapsed where stderr is a terminal, nothing in a log (rich draws live displays
-on terminals only; the steps print their own result lines). PPO has its own bar (`dreamer.rl.ppo`)."""
+on terminals only; the steps print their own result lines)."""
 
 from __future__ import annotations
 

@@ -218,8 +218,6 @@ def test_an_impossible_value_stops_the_run_before_any_work(tmp_path, overrides, 
     ("dreamer.write", ["trace.path=no_such_session.jsonl"], "trace.path=no_such_session.jsonl: no such file"),
     ("dreamer.train", ["trace.env_id=NoSuchEnv-v0"], "trace: env_id='NoSuchEnv-v0' is not an env Gymnasium can make: "
                                                    "Environment `NoSuchEnv` doesn't exist."),
-    ("dreamer.train", ["eval.env_id=no_such_module:Cart-v0"], "eval: env_id='no_such_module:Cart-v0' is not an env "
-                                                              "Gymnasium can make: No module named 'no_such_module'"),
     # a key the config lacks, without `+` (Hydra alone would only suggest `+algo.learnin_rate=...`) and with it
     ("dreamer.train", ["algo.learnin_rate=1e-3"], "unknown config key 'algo.learnin_rate'; allowed keys under algo: "
                                                   "['anneal_lr', 'checkpoint_every',"),
@@ -236,26 +234,47 @@ def test_a_user_error_on_the_command_line_exits_2_with_its_message_before_any_ru
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda line: line[:40], "bad.jsonl:3: invalid JSON"),
-    (lambda line: line.replace('"obs": [', '"obs": [0.5, '), "bad.jsonl:3"),
-])
-def test_a_malformed_trace_file_exits_2_naming_its_line_before_any_run_dir(tmp_path, corrupt, message):
-    """The trace is read whole by the start-up check: a broken line is not found after the run dir exists."""
+def broken_trace(folder, corrupt) -> None:
+    """`folder/bad.jsonl`: a 30-step CartPole session whose third line is `corrupt(line)`."""
     import gymnasium
 
     from dreamer.traces import collect_trace, save_trace
 
-    save_trace(collect_trace(gymnasium.make("CartPole-v1"), 30, seed=0), tmp_path / "good.jsonl")
-    lines = (tmp_path / "good.jsonl").read_text().splitlines()
+    save_trace(collect_trace(gymnasium.make("CartPole-v1"), 30, seed=0), folder / "good.jsonl")
+    lines = (folder / "good.jsonl").read_text().splitlines()
     lines[2] = corrupt(lines[2])
-    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "bad.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_malformed_trace_file_exits_2_naming_its_line_before_any_run_dir(tmp_path):
+    """The trace is read whole by the start-up check: a broken line is not found after the run dir exists."""
+    broken_trace(tmp_path, lambda line: line[:40])
     run_dir = tmp_path / "run"
     done = run_module("dreamer.train", "+experiment=from_trace", "trace.path=bad.jsonl", f"hydra.run.dir={run_dir}",
                       cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "bad.jsonl:3: invalid JSON" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not run_dir.exists()
+
+
+def test_the_start_up_check_reads_every_line_of_the_trace(tmp_path, capsys):
+    from dreamer.pipelines.runner import ConfigCheck
+
+    broken_trace(tmp_path, lambda line: line.replace('"obs": [', '"obs": [0.5, '))
+    with pytest.raises(SystemExit) as stopped:
+        ConfigCheck("train").on_run_start(compose_config("train", ["+experiment=from_trace",
+                                                                    f"trace.path={tmp_path / 'bad.jsonl'}"]))
+    assert stopped.value.code == 2
+    assert 'bad.jsonl:3: field "obs": expected a list of 4 numbers' in capsys.readouterr().err
+
+
+def test_an_env_id_gymnasium_cannot_make_is_named_with_the_reason():
+    with pytest.raises(ValueError, match=re.escape("eval: env_id='no_such_module:Cart-v0' is not an env Gymnasium can "
+                                                   "make: No module named 'no_such_module'")):
+        check_run_config(compose_config("train", ["eval.env_id=no_such_module:Cart-v0"]), "train")
+    with pytest.raises(ValueError, match=re.escape("trace: env_id='CartPole-v9' is not an env Gymnasium can make: "
+                                                   "Environment version `v9` for environment `CartPole` doesn't exist")):
+        check_run_config(compose_config("train", ["trace.env_id=CartPole-v9"]), "train")
 
 
 def test_dreamer_debug_shows_the_traceback_of_a_user_error(tmp_path):

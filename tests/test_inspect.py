@@ -29,6 +29,7 @@ def written(tmp_path_factory):
 def test_a_write_run_reads_back_with_every_artifact(written):
     run = Run.load(written)
     assert run.metrics["pipeline"] == "write" and run.metrics["accepted"] is True
+    assert run.metrics["coverage_warnings"] == []  # both splits terminate; one reward, paid in both
     train, held_out = run.split
     assert len(train) + len(held_out) == len(run.trace) == 1000
     assert not set(train.episode_ids) & set(held_out.episode_ids)

@@ -265,7 +265,8 @@ def test_the_hybrid_writer_judges_the_equations_alone_and_with_the_residual(bump
     assert shares["hybrid_nrmse"] < shares["equations_nrmse"]  # the residual removes error the equations leave
     assert shares["removed_by_residual"] > 0
     source = (tmp_path / "env" / "search" / "hybrid" / "sim.py").read_text()
-    assert "def equations(state, action, rng):" in source and "equations(state, action, rng) + change" in source
+    assert "def equations(state, action, rng):" in source and "base = equations(state, action, rng)" in source
+    assert "base[:, 0] + change[:, 0]" in source  # the residual is added to the equations' coordinates
     assert written.label in ("equations", "hybrid")
 
 

@@ -53,6 +53,24 @@ def test_ppo_runs_on_real_gymnasium_envs_with_final_obs_bootstrap():
     assert np.isfinite(result.history[-1]["value_loss"])
 
 
+@pytest.mark.parametrize("shown", [True, False])
+def test_ppo_shows_its_progress_on_a_terminal_unless_told_not_to(cartpole_source, monkeypatch, shown):
+    import io
+
+    from rich.console import Console
+
+    from dreamer import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=screen, force_terminal=True, width=120))
+    sim = FuncSim.from_source(cartpole_source)
+    policy = MLPPolicy(sim.observation_space, sim.action_space, POLICY)
+    train_ppo(policy, SimVectorEnv(sim, 16), ppo_config(num_envs=16, num_steps=16, total_steps=1024), seed=0,
+              progress=shown)
+    assert ("PPO, 1,024 env steps" in screen.getvalue()) == shown
+    assert ("steps/s" in screen.getvalue()) == shown
+
+
 def test_a_sim_that_turns_nan_stops_training_naming_the_transition(cartpole_source):
     """Past |x| > 0.1 the sim's transition returns NaN: the error holds the state that produced it."""
     source = cartpole_source.replace("def transition(state, action, rng):\n",

@@ -305,7 +305,7 @@ def test_the_summary_warns_of_what_the_split_cannot_vouch_for():
     """Acrobot seed 1's case: the train episodes never terminate, the held-out ones do once and pay 0 there."""
     import gymnasium
 
-    from dreamer.pipelines.dream import coverage_warnings
+    from dreamer.traces.coverage import coverage_warnings
     from dreamer.traces import collect_trace
 
     session = collect_trace(gymnasium.make("CartPole-v1"), 400, seed=0)

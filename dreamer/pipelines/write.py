@@ -19,6 +19,7 @@ from dreamer.pipelines.config import SimConfig, TraceConfig, trace_columns, trac
 from dreamer.pipelines.protocol import Pipeline, Run
 from dreamer.sandbox import SandboxConfig
 from dreamer.traces import TableColumns, load_trace, save_trace
+from dreamer.traces.coverage import coverage_warnings
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
 
 
@@ -52,10 +53,12 @@ def write(cfg: WriteConfig, run: Run) -> tuple[dict, RenderableType]:
     metrics = {"accepted": report.accepted, "reasons": report.reasons, "writer": cfg.writer.name,
                "sim_candidate": written.label, "writers_tried": list(written.tried), "real_env_steps": len(session), "train_episodes": train.num_episodes,
                "held_out_episodes": held_out.num_episodes,
-               "fidelity": None if report.fidelity is None else report.fidelity.to_dict()}
+               "fidelity": None if report.fidelity is None else report.fidelity.to_dict(),
+               "coverage_warnings": coverage_warnings(train, held_out)}
     summary = Group(report_table(report), fidelity_table(report),
                     *[f"tried first: {line}" for line in written.tried],
                     f"writer={cfg.writer.name} ({written.label}): {verdict_line(report)}",
+                    *[f"[yellow]session coverage: {warning}[/]" for warning in metrics["coverage_warnings"]],
                     f"sim written to {run.dir / 'env' / (cfg.sim.name + '.py')}; inspect it with: "
                     f"python -m dreamer.inspect {run.dir}")
     return metrics, summary

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -28,7 +29,8 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorWrapper
 from torch import Tensor, nn
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
+
+from dreamer.progress import progress as progress_line
 
 
 @dataclass(frozen=True)
@@ -197,136 +199,135 @@ def train_ppo(
     episode_return = torch.zeros(num_envs, device=device)
     episode_step = torch.zeros(num_envs, device=device, dtype=torch.long)
     start, steps_at_start = time.perf_counter(), result.env_steps
-    bar = tqdm(total=num_updates * batch_size, initial=result.env_steps, unit="step", unit_scale=True,
-               disable=not progress, leave=False, mininterval=1.0)
+    total = num_updates * batch_size
+    line = progress_line(f"PPO, {total:,} env steps", total) if progress else nullcontext(lambda done, status: None)
+    with line as advance:
+        for update in range(result.updates, num_updates):
+            if config.anneal_lr:
+                optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - update / num_updates)
+            finished_returns = torch.zeros((), device=device)
+            finished_count = torch.zeros((), device=device)
 
-    for update in range(result.updates, num_updates):
-        if config.anneal_lr:
-            optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - update / num_updates)
-        finished_returns = torch.zeros((), device=device)
-        finished_count = torch.zeros((), device=device)
-
-        # Rollout: T steps in each of the N envs.
-        for t in range(T):
-            with torch.no_grad():
-                dist, values_buf[t] = policy(obs)
-                action = dist.sample()
-                logprobs_buf[t] = policy.log_prob(dist, action)
-            obs_buf[t], actions_buf[t], episode_step_buf[t] = obs, action, episode_step
-            next_obs, reward, terminated, truncated, info = envs.step(policy.env_action(action))
-            done = terminated | truncated
-            rewards_buf[t] = reward * config.reward_scale
-            terminated_buf[t], truncated_buf[t] = terminated.float(), truncated.float()
-            final_obs_buf[t] = info["final_obs"]
-            episode_return += reward
-            finished_returns += (episode_return * done).sum()
-            finished_count += done.sum()
-            episode_return *= ~done
-            episode_step = (episode_step + 1) * ~done
-            finite_buf[t] = torch.isfinite(next_obs).all(-1) & torch.isfinite(final_obs_buf[t]).all(-1) & torch.isfinite(reward)
-            obs = torch.nan_to_num(next_obs)  # kept out of the policy until the rollout is checked
-        check_rollout(finite_buf, obs_buf, actions_buf, rewards_buf, final_obs_buf, result.env_steps)
-
-        # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
-        with torch.no_grad():
-            rewards = rewards_buf.clone()
-            truncated = truncated_buf.bool()
-            if truncated.any():  # (a model may not take an empty batch)
-                rewards[truncated] += config.gamma * policy.value(final_obs_buf[truncated])
-            next_value = policy.value(obs)
-            advantages = torch.zeros_like(rewards)
-            last_gae = torch.zeros(num_envs, device=device)
-            for t in reversed(range(T)):
-                following = next_value if t == T - 1 else values_buf[t + 1]
-                not_done = 1.0 - torch.maximum(terminated_buf[t], truncated_buf[t])
-                delta = rewards[t] + config.gamma * following * not_done - values_buf[t]
-                last_gae = delta + config.gamma * config.gae_lambda * not_done * last_gae
-                advantages[t] = last_gae
-            returns = advantages + values_buf
-
-        # Update: clipped surrogate on shuffled minibatches.
-        b_obs, b_actions = obs_buf.reshape(batch_size, obs_dim), actions_buf.reshape(batch_size, *act_shape)
-        b_logprobs, b_advantages = logprobs_buf.reshape(-1), advantages.reshape(-1)
-        b_returns, b_values = returns.reshape(-1), values_buf.reshape(-1)
-        b_episode_step = episode_step_buf.reshape(-1)
-        ppo_weight, aux_weight = (1.0, 0.0) if auxiliary is None else auxiliary.weights(update, num_updates)
-        clip_fractions, aux_figures, approx_kl = [], [], torch.zeros(())
-        for _ in range(config.update_epochs):
-            order = torch.randperm(batch_size, device=device)
-            for lo in range(0, batch_size, minibatch_size):
-                mb = order[lo : lo + minibatch_size]
-                dist, new_value = policy(b_obs[mb])
-                new_logprob = policy.log_prob(dist, b_actions[mb])
-                log_ratio = new_logprob - b_logprobs[mb]
-                ratio = log_ratio.exp()
+            # Rollout: T steps in each of the N envs.
+            for t in range(T):
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clip_fractions.append(((ratio - 1.0).abs() > config.clip_coef).float().mean())
-                mb_adv = b_advantages[mb]
-                if config.norm_adv:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
-                if config.clip_vloss:
-                    clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-config.clip_coef, config.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (clipped - b_returns[mb]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
-                entropy = policy.entropy(dist).mean()
-                loss = ppo_weight * (pg_loss - config.ent_coef * entropy) + config.vf_coef * v_loss
-                if aux_weight:
-                    aux_loss, figures = auxiliary.loss(b_obs[mb], b_actions[mb], b_episode_step[mb], dist)
-                    loss = loss + aux_weight * aux_loss
-                    aux_figures.append(figures)
-                optimizer.zero_grad()
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                if not torch.isfinite(loss + grad_norm):
-                    terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "grad_norm": grad_norm}
-                    if aux_weight:
-                        terms["auxiliary_loss"] = aux_loss
-                    terms = {key: float(value.detach()) for key, value in terms.items()}
-                    raise NonFiniteError("loss", f"non-finite loss or gradient in PPO update {update + 1} (after "
-                                         f"{result.env_steps:,} env steps): {terms}; the update was not applied", terms)
-                optimizer.step()
-                if auxiliary is not None:
-                    auxiliary.after_step()
-            if config.target_kl is not None and approx_kl > config.target_kl:
-                break
-        if config.update_obs_stats:  # after the epochs, so that every forward pass of this update saw the rollout's statistics
-            policy.update_obs_stats(b_obs)
+                    dist, values_buf[t] = policy(obs)
+                    action = dist.sample()
+                    logprobs_buf[t] = policy.log_prob(dist, action)
+                obs_buf[t], actions_buf[t], episode_step_buf[t] = obs, action, episode_step
+                next_obs, reward, terminated, truncated, info = envs.step(policy.env_action(action))
+                done = terminated | truncated
+                rewards_buf[t] = reward * config.reward_scale
+                terminated_buf[t], truncated_buf[t] = terminated.float(), truncated.float()
+                final_obs_buf[t] = info["final_obs"]
+                episode_return += reward
+                finished_returns += (episode_return * done).sum()
+                finished_count += done.sum()
+                episode_return *= ~done
+                episode_step = (episode_step + 1) * ~done
+                finite_buf[t] = torch.isfinite(next_obs).all(-1) & torch.isfinite(final_obs_buf[t]).all(-1) & torch.isfinite(reward)
+                obs = torch.nan_to_num(next_obs)  # kept out of the policy until the rollout is checked
+            check_rollout(finite_buf, obs_buf, actions_buf, rewards_buf, final_obs_buf, result.env_steps)
 
-        # Bookkeeping: one host sync per update.
-        count = int(finished_count.item())
-        result.env_steps += batch_size
-        result.updates += 1
-        result.episodes += count
-        if count:
-            result.episode_return_mean = float(finished_returns.item()) / count
-        result.steps_per_second = (result.env_steps - steps_at_start) / (time.perf_counter() - start)
-        row = {
-            "env_steps": result.env_steps,
-            "episode_return_mean": result.episode_return_mean,
-            "episodes": count,
-            "policy_loss": float(pg_loss.item()),
-            "value_loss": float(v_loss.item()),
-            "entropy": float(entropy.item()),
-            "approx_kl": float(approx_kl.item()),
-            "clip_fraction": float(torch.stack(clip_fractions).mean().item()),
-            "steps_per_second": result.steps_per_second,
-        }
-        if auxiliary is not None:
-            row.update(ppo_weight=ppo_weight, aux_weight=aux_weight)
-            row.update({key: float(torch.stack([f[key] for f in aux_figures]).mean()) for key in (aux_figures or [{}])[0]})
-        result.history.append(row)
-        if log is not None:
-            log(row, result.env_steps)
-        bar.update(batch_size)
-        bar.set_postfix(ret=f"{result.episode_return_mean:.1f}" if result.episode_return_mean is not None else "-", sps=f"{result.steps_per_second:,.0f}")
-        if checkpoint is not None and (result.updates % config.checkpoint_every == 0 or result.updates == num_updates):
-            checkpoint(PPOCheckpoint(result.updates, result.env_steps, result.episodes, result.episode_return_mean,
-                                     policy.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
-                                     list(result.history), None if auxiliary is None else auxiliary.state_dict()))
-    bar.close()
+            # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
+            with torch.no_grad():
+                rewards = rewards_buf.clone()
+                truncated = truncated_buf.bool()
+                if truncated.any():  # (a model may not take an empty batch)
+                    rewards[truncated] += config.gamma * policy.value(final_obs_buf[truncated])
+                next_value = policy.value(obs)
+                advantages = torch.zeros_like(rewards)
+                last_gae = torch.zeros(num_envs, device=device)
+                for t in reversed(range(T)):
+                    following = next_value if t == T - 1 else values_buf[t + 1]
+                    not_done = 1.0 - torch.maximum(terminated_buf[t], truncated_buf[t])
+                    delta = rewards[t] + config.gamma * following * not_done - values_buf[t]
+                    last_gae = delta + config.gamma * config.gae_lambda * not_done * last_gae
+                    advantages[t] = last_gae
+                returns = advantages + values_buf
+
+            # Update: clipped surrogate on shuffled minibatches.
+            b_obs, b_actions = obs_buf.reshape(batch_size, obs_dim), actions_buf.reshape(batch_size, *act_shape)
+            b_logprobs, b_advantages = logprobs_buf.reshape(-1), advantages.reshape(-1)
+            b_returns, b_values = returns.reshape(-1), values_buf.reshape(-1)
+            b_episode_step = episode_step_buf.reshape(-1)
+            ppo_weight, aux_weight = (1.0, 0.0) if auxiliary is None else auxiliary.weights(update, num_updates)
+            clip_fractions, aux_figures, approx_kl = [], [], torch.zeros(())
+            for _ in range(config.update_epochs):
+                order = torch.randperm(batch_size, device=device)
+                for lo in range(0, batch_size, minibatch_size):
+                    mb = order[lo : lo + minibatch_size]
+                    dist, new_value = policy(b_obs[mb])
+                    new_logprob = policy.log_prob(dist, b_actions[mb])
+                    log_ratio = new_logprob - b_logprobs[mb]
+                    ratio = log_ratio.exp()
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - log_ratio).mean()
+                        clip_fractions.append(((ratio - 1.0).abs() > config.clip_coef).float().mean())
+                    mb_adv = b_advantages[mb]
+                    if config.norm_adv:
+                        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
+                    if config.clip_vloss:
+                        clipped = b_values[mb] + (new_value - b_values[mb]).clamp(-config.clip_coef, config.clip_coef)
+                        v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (clipped - b_returns[mb]) ** 2).mean()
+                    else:
+                        v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
+                    entropy = policy.entropy(dist).mean()
+                    loss = ppo_weight * (pg_loss - config.ent_coef * entropy) + config.vf_coef * v_loss
+                    if aux_weight:
+                        aux_loss, figures = auxiliary.loss(b_obs[mb], b_actions[mb], b_episode_step[mb], dist)
+                        loss = loss + aux_weight * aux_loss
+                        aux_figures.append(figures)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                    if not torch.isfinite(loss + grad_norm):
+                        terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "grad_norm": grad_norm}
+                        if aux_weight:
+                            terms["auxiliary_loss"] = aux_loss
+                        terms = {key: float(value.detach()) for key, value in terms.items()}
+                        raise NonFiniteError("loss", f"non-finite loss or gradient in PPO update {update + 1} (after "
+                                             f"{result.env_steps:,} env steps): {terms}; the update was not applied", terms)
+                    optimizer.step()
+                    if auxiliary is not None:
+                        auxiliary.after_step()
+                if config.target_kl is not None and approx_kl > config.target_kl:
+                    break
+            if config.update_obs_stats:  # after the epochs, so that every forward pass of this update saw the rollout's statistics
+                policy.update_obs_stats(b_obs)
+
+            # Bookkeeping: one host sync per update.
+            count = int(finished_count.item())
+            result.env_steps += batch_size
+            result.updates += 1
+            result.episodes += count
+            if count:
+                result.episode_return_mean = float(finished_returns.item()) / count
+            result.steps_per_second = (result.env_steps - steps_at_start) / (time.perf_counter() - start)
+            row = {
+                "env_steps": result.env_steps,
+                "episode_return_mean": result.episode_return_mean,
+                "episodes": count,
+                "policy_loss": float(pg_loss.item()),
+                "value_loss": float(v_loss.item()),
+                "entropy": float(entropy.item()),
+                "approx_kl": float(approx_kl.item()),
+                "clip_fraction": float(torch.stack(clip_fractions).mean().item()),
+                "steps_per_second": result.steps_per_second,
+            }
+            if auxiliary is not None:
+                row.update(ppo_weight=ppo_weight, aux_weight=aux_weight)
+                row.update({key: float(torch.stack([f[key] for f in aux_figures]).mean()) for key in (aux_figures or [{}])[0]})
+            result.history.append(row)
+            if log is not None:
+                log(row, result.env_steps)
+            shown = "-" if result.episode_return_mean is None else f"{result.episode_return_mean:.1f}"
+            advance(result.env_steps, f"return {shown}, {result.steps_per_second:,.0f} steps/s")
+            if checkpoint is not None and (result.updates % config.checkpoint_every == 0 or result.updates == num_updates):
+                checkpoint(PPOCheckpoint(result.updates, result.env_steps, result.episodes, result.episode_return_mean,
+                                         policy.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
+                                         list(result.history), None if auxiliary is None else auxiliary.state_dict()))
     return result
 
 
