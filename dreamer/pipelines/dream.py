@@ -299,8 +299,8 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         session = load_trace(run_dir / "trace.jsonl")
     returns, teacher_returns, report, pick = None, None, written.report, None
     if report.accepted:
-        with progress(f"scoring {len(round_policies)} round policies in the last sim ({eval_config.dream_episodes} "
-                      "episodes each)"):
+        scored = f"{len(round_policies)} round polic{'y' if len(round_policies) == 1 else 'ies'}"
+        with progress(f"scoring {scored} in the last sim ({eval_config.dream_episodes} episodes each)"):
             pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py", device), eval_config)
         policy.cpu().save(run_dir / "policy")
         if eval_config.env_id:
