@@ -18,6 +18,7 @@ from dreamer.sim.fidelity import Fidelity
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = (ROOT / "tests" / "fixtures" / "cartpole_sim.py").read_text()
 TERMINAL = "    return (state[:, 0].abs() > X_LIMIT) | (state[:, 2].abs() > THETA_LIMIT)"
+REWARD = "    return torch.ones(state.shape[0], device=state.device)"
 UNBIND = "    x, x_dot, theta, theta_dot = state.unbind(-1)\n"
 
 
@@ -53,6 +54,32 @@ def test_termination_is_reported_with_its_counts_precision_and_recall(held_out, 
     assert f.termination_recall == pytest.approx(called[real].mean())
     assert f.termination_precision == pytest.approx(real[called].mean()) and f.termination_precision < 0.5
     assert Fidelity.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+
+
+def test_a_reward_that_follows_the_termination_is_scored_where_the_termination_is_right(held_out, config):
+    """A goal's reward (here 0 at the terminal step, 1 elsewhere) follows the sim's own termination: an early
+    termination is the termination figures' error and not the reward's too; a wrong reward where the
+    termination is right is the reward's."""
+    import numpy as np
+
+    goal = dataclasses.replace(held_out, reward=np.where(held_out.terminated, 0.0, 1.0).astype(np.float32))
+    follows = edit(REWARD, "    return 1.0 - terminal(next_state, rng).float()", TERMINAL, "    return state[:, 2].abs() > 0.1")
+    f = validate(follows, goal, config, name="early_goal").fidelity
+    assert f.termination_precision < 0.5 and f.accuracy == f.termination_accuracy < 1.0
+    assert f.reward_nrmse == 0.0 and f.reward_accuracy == 1.0
+    f = validate(CARTPOLE, goal, config, name="no_goal").fidelity  # right termination, reward 1 at the goal too
+    assert f.termination_accuracy == 1.0
+    assert f.reward_nrmse > 0.9 and f.reward_accuracy == pytest.approx(1 - goal.terminated.mean())
+
+
+def test_a_sim_that_misses_most_terminations_is_rejected_for_its_recall(held_out, config):
+    """Terminal steps are rare: a sim that never ends an episode keeps a high termination accuracy; its recall
+    (0 of the real terminations) is what refutes it."""
+    lenient = dataclasses.replace(config, thresholds=dataclasses.replace(config.thresholds, min_termination_accuracy=0.9))
+    never = "    return torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)"
+    report = validate(edit(TERMINAL, never), held_out, lenient, name="endless")
+    assert report.fidelity.termination_accuracy > 0.9 and report.fidelity.termination_recall == 0.0
+    assert report.reasons == ["fidelity: termination_recall = 0 is below min_termination_recall = 0.5"]
 
 
 def test_counterexamples_are_real_held_out_transitions_of_each_kind_of_error(held_out, config):

@@ -17,6 +17,7 @@ class FidelityThresholds:
     max_obs_nrmse: float | None  # mean over obs dims of one-step RMSE / std(next_obs - obs)
     max_reward_nrmse: float | None  # reward RMSE / std(reward)
     min_termination_accuracy: float | None  # fraction of transitions whose terminal flag matches
+    min_termination_recall: float | None  # fraction of the real terminations predicted (unmeasured without any)
     max_kstep_nrmse: float | None  # open-loop RMSE after `kstep` steps / std(obs), mean over dims
     min_accuracy: float | None  # fraction of transitions right in state, reward and termination
 

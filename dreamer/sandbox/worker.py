@@ -259,6 +259,7 @@ def fidelity_failures(f: Fidelity, t: FidelityThresholds) -> list[str]:
               ("reward_nrmse", f.reward_nrmse, "max_reward_nrmse", t.max_reward_nrmse, "above"),
               ("termination_accuracy", f.termination_accuracy, "min_termination_accuracy",
                t.min_termination_accuracy, "below"),
+              ("termination_recall", f.termination_recall, "min_termination_recall", t.min_termination_recall, "below"),
               (f"kstep_nrmse (k={f.kstep})", f.kstep_nrmse, "max_kstep_nrmse", t.max_kstep_nrmse, "above"))
     failures = []
     for figure, value, threshold, limit, side in limits:

@@ -2,8 +2,9 @@
 
 The sim's state is the observation. One-step predictions start every held-out transition from the
 real obs; reward and termination are scored on the real next_obs, so each figure measures one
-function. NRMSE is an RMSE divided by the trace's own spread (std), so 1.0 is as wrong as the
-spread itself. The sandbox worker computes these figures on untrusted sims, so this module imports
+function; the reward is scored on the transitions whose termination the sim gets right, since a reward
+that follows the termination (a goal's bonus) would count a wrong termination twice. NRMSE is an RMSE
+divided by the trace's own spread (std), so 1.0 is as wrong as the spread itself. The sandbox worker computes these figures on untrusted sims, so this module imports
 nothing of dreamer but the sim contract and the artifact helpers.
 """
 
@@ -45,7 +46,8 @@ class Fidelity:
     obs_nrmse_mean: float | None
     """Mean of `obs_nrmse` over the obs dims."""
     reward_rmse: float | None
-    """One-step reward RMSE, in reward units."""
+    """One-step reward RMSE, in reward units, on the transitions whose terminal flag the sim predicts right (None
+    where it predicts none right)."""
     reward_nrmse: float | None
     """`reward_rmse` / std(reward) (max(1, |mean|) for a constant reward)."""
     termination_accuracy: float
@@ -62,7 +64,8 @@ class Fidelity:
     state_accuracy: float
     """Fraction of transitions with every next_obs dim within `state_tolerance`."""
     reward_accuracy: float
-    """Fraction of transitions with the reward within `reward_tolerance`."""
+    """Fraction of the transitions whose terminal flag the sim predicts right with the reward within
+    `reward_tolerance` (0.0 where it predicts none right)."""
     accuracy: float
     """Fraction of transitions right in state, reward and termination at once."""
     state_tolerance: float
@@ -172,8 +175,9 @@ def measure_fidelity(sim: FuncSim, held_out: HeldOut, predictions: Predictions, 
     h, p, rng, k, tol = held_out, predictions, seeded_generator(seed), kstep, tolerances
     action = sim.action_tensor(h.action, torch.device("cpu"))
     obs_nrmse = p.state_error.pow(2).mean(0).sqrt()
-    reward_rmse = float(_rmse((p.reward.double() - h.reward.double())[:, None]))
     termination_right = p.terminated == h.terminated
+    reward_error = (p.reward.double() - h.reward.double())[termination_right]
+    reward_rmse = float(_rmse(reward_error[:, None])) if len(reward_error) else None
     state_right = (p.state_error <= tol.state).all(-1)
     reward_right = p.reward_error <= tol.reward
 
@@ -193,14 +197,14 @@ def measure_fidelity(sim: FuncSim, held_out: HeldOut, predictions: Predictions, 
         obs_nrmse=tuple(obs_nrmse.tolist()),
         obs_nrmse_mean=float(obs_nrmse.mean()),
         reward_rmse=reward_rmse,
-        reward_nrmse=reward_rmse / _reward_scale(h.reward),
+        reward_nrmse=None if reward_rmse is None else reward_rmse / _reward_scale(h.reward),
         termination_accuracy=float(termination_right.double().mean()),
         termination_recall=float(p.terminated[h.terminated].double().mean()) if h.terminated.any() else None,
         termination_precision=float(h.terminated[p.terminated].double().mean()) if p.terminated.any() else None,
         terminations=int(h.terminated.sum()),
         predicted_terminations=int(p.terminated.sum()),
         state_accuracy=float(state_right.double().mean()),
-        reward_accuracy=float(reward_right.double().mean()),
+        reward_accuracy=float(reward_right[termination_right].double().mean()) if termination_right.any() else 0.0,
         accuracy=float((state_right & reward_right & termination_right).double().mean()),
         state_tolerance=tol.state,
         reward_tolerance=tol.reward,

@@ -40,6 +40,12 @@ class Coordinates:
                 i += 1
         return out
 
+    def codes(self, obs: str) -> list[str]:
+        """Torch code of each coordinate of the (n, O) observations named `obs`: `obs[:, i]` or
+        `torch.atan2(obs[:, i + 1], obs[:, i])`."""
+        return [f"torch.atan2({obs}[:, {idx[1]}], {obs}[:, {idx[0]}])" if len(idx) == 2 else f"{obs}[:, {idx[0]}]"
+                for _, idx in self.layout]
+
     def from_obs(self, obs: np.ndarray) -> np.ndarray:
         """(N, O) observations -> (N, D) coordinates."""
         cols = [np.arctan2(obs[:, idx[1]], obs[:, idx[0]]) if len(idx) == 2 else obs[:, idx[0]] for _, idx in self.layout]

@@ -27,13 +27,16 @@ class EnsembleConfig:
     learning_rate: float      # Adam
     weight_decay: float       # AdamW's decoupled decay
     validation_fraction: float  # share of the rows held back from fitting, to stop early on
-    patience: int             # epochs without a better validation loss before stopping
+    patience: int             # epochs in which the best validation loss falls by less than min_improvement, then stop
+    min_improvement: float    # relative fall of the best validation loss that restarts the patience (MBPO: 0.01)
     probabilistic: bool       # Gaussian heads (mean and log-variance, NLL) instead of a mean (MSE)
 
     def __post_init__(self):
         for key in ("members", "hidden", "layers", "epochs", "batch_size", "patience"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
                 raise ValueError(f"{key} must be an int >= 1, got {getattr(self, key)!r}")
+        if not 0 <= self.min_improvement < 1:
+            raise ValueError(f"min_improvement must be in [0, 1), got {self.min_improvement}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not (self.learning_rate > 0 and self.weight_decay >= 0):
@@ -109,8 +112,9 @@ def fit_ensemble(x: np.ndarray, y: np.ndarray, config: EnsembleConfig, seed: int
 
     A random `validation_fraction` of the rows is held back; each member trains on its own bootstrap resample
     of the rest, for at most `epochs`, and keeps the weights of its best validation loss (mean squared error
-    of its mean, normalized), stopping after `patience` epochs without a better one. `on_epoch(epoch, worst
-    member's best validation loss)` is called after each epoch."""
+    of its mean, normalized), stopping after `patience` epochs in which that best fell by less than a fraction
+    `min_improvement` of its value when the patience last restarted. `on_epoch(epoch, worst member's best
+    validation loss)` is called after each epoch."""
     generator = torch.Generator().manual_seed(seed)
     n = len(x)
     order = torch.randperm(n, generator=generator)
@@ -129,6 +133,7 @@ def fit_ensemble(x: np.ndarray, y: np.ndarray, config: EnsembleConfig, seed: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
     best = torch.full((m,), math.inf)
+    anchor = best.clone()  # each member's best when its patience last restarted
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     best_epoch, waited = [0] * m, torch.zeros(m, dtype=torch.long)
     for epoch in range(1, config.epochs + 1):
@@ -147,7 +152,9 @@ def fit_ensemble(x: np.ndarray, y: np.ndarray, config: EnsembleConfig, seed: int
                 if value.shape[:1] == (m,) and value.ndim == 3 and key.startswith(("weights", "biases")):
                     best_state[key][member] = value[member]
             best_epoch[member] = epoch
-        best, waited = torch.where(improved, mse, best), torch.where(improved, 0, waited + 1)
+        progressed = mse < anchor * (1 - config.min_improvement)
+        best, anchor = torch.where(improved, mse, best), torch.where(progressed, mse, anchor)
+        waited = torch.where(progressed, 0, waited + 1)
         if on_epoch is not None:
             on_epoch(epoch, float(best.max()))
         if bool((waited >= config.patience).all()):

@@ -161,7 +161,10 @@ def fit_networks(trace: Trace, coords: Coordinates, cfg: NeuralWriterConfig, bas
     # As the symbolic writer's fit: steps whose next observation the env clipped to a bound are left out (the sim
     # clips to the same bounds and applies the wall rules); at a wall they jump by tens of stds and ruin the fit.
     inside = unsaturated(trace.next_obs, trace.observation_space)
-    inside = inside if inside.sum() >= 2 else np.ones(len(trace), bool)
+    if inside.sum() < 2:  # (nearly) every step at a bound: there is nothing else to fit on
+        console.print(f"  {len(trace) - int(inside.sum()):,} of {len(trace):,} next observations lie at a bound of the "
+                      "observation space: the dynamics are fitted on all of them")
+        inside = np.ones(len(trace), bool)
     start, ens = time.perf_counter(), cfg.ensemble
     console.print(f"  fitting the dynamics and reward ensembles ({ens.members} MLPs each) on {len(trace):,} transitions, "
                   f"at most {ens.epochs} epochs")
@@ -198,12 +201,6 @@ resample, from the normalized observation and action to {"a Gaussian over " if e
 Uncertainty: the largest distance of one member's predicted change from the members' mean (in stds of the change).
 WEIGHTS, the safetensors file beside this one, holds each ensemble's layers ("dynamics.w0": (M, in, out),
 "dynamics.b0": (M, 1, out), ...) and the normalizers of its inputs and targets ("dynamics.x_mean", ...)."""
-
-
-def coordinate_codes(coords: Coordinates, obs: str) -> list[str]:
-    """The code of each coordinate of the (n, O) observations `obs`: `obs[:, i]`, `torch.atan2(obs[:, i + 1], obs[:, i])`."""
-    return [f"torch.atan2({obs}[:, {idx[1]}], {obs}[:, {idx[0]}])" if len(idx) == 2 else f"{obs}[:, {idx[0]}]"
-            for _, idx in coords.layout]
 
 
 def network_lines(trace: Trace, coords: Coordinates, cfg: NeuralWriterConfig, base_next: str,
@@ -266,7 +263,7 @@ def network_lines(trace: Trace, coords: Coordinates, cfg: NeuralWriterConfig, ba
         '    change = change * weight("dynamics.y_std", state)[0] + weight("dynamics.y_mean", state)[0]',
         f"    base = {base_next}",
         "    x = to_observation(",
-        *[f"        {coordinate} + change[:, {d}]," for d, coordinate in enumerate(coordinate_codes(coords, "base"))],
+        *[f"        {coordinate} + change[:, {d}]," for d, coordinate in enumerate(coords.codes("base"))],
         "    )",
         *(wall.line(lambda i: f"x[:, {i}]") for wall in walls),
         "    return x",

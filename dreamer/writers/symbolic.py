@@ -431,8 +431,7 @@ OBSERVATION_LINES = ("def observation(state, rng):", "    return state")  # the 
 
 def unpack_lines(coords: Coordinates) -> list[str]:
     """One line per coordinate, reading it from `state`: `x{i} = state[:, i]`, `th{i} = torch.atan2(...)`."""
-    return [f"    {name} = torch.atan2(state[:, {idx[1]}], state[:, {idx[0]}])" if len(idx) == 2
-            else f"    {name} = state[:, {idx[0]}]" for name, idx in coords.layout]
+    return [f"    {name} = {code}" for (name, _), code in zip(coords.layout, coords.codes("state"))]
 
 
 def terminal_lines(coords: Coordinates, terminal: str) -> list[str]:
