@@ -20,13 +20,25 @@ from dreamer.pipelines.dream import missing_task_signal
     ("MountainCarContinuous-v0", "a reward the action alone explains and no episode that terminated"),
 ])
 def test_a_session_without_the_goal_is_told_apart_from_one_with_it(env_id, missing):
-    assert missing_task_signal(collect_trace(gymnasium.make(env_id), 1500, seed=0)) == missing
+    assert missing_task_signal(collect_trace(gymnasium.make(env_id), 1500, seed=0), min_terminations=1) == missing
+
+
+def test_a_session_whose_goal_is_rare_lacks_it_too():
+    """Acrobot's seed 1 reaches its goal once in 5,000 random steps (reward 0 there, -1 elsewhere): too few
+    terminations to learn where the goal lies from, so a round with another after it explores rather than trust a
+    sim of one goal. The goal's own reward does not count as a task signal of its own."""
+    session = collect_trace(gymnasium.make("Acrobot-v1"), 5000, seed=1)
+    assert int(session.terminated.sum()) == 1 and set(session.reward[session.terminated]) == {0.0}
+    assert missing_task_signal(session, min_terminations=1) is None
+    assert missing_task_signal(session, min_terminations=5) == (
+        f"one reward (-1) at every step but where an episode terminated, and only 1 of {session.num_episodes:,} "
+        "episodes that terminated (fewer than 5)")
 
 
 def test_novelty_is_the_capped_distance_to_the_session_in_its_standard_deviations(cartpole_source):
     sim = FuncSim.from_source(cartpole_source)
     session = collect_trace(gymnasium.make("CartPole-v1"), 600, seed=0)
-    explorer = novelty_sim(sim, session.next_obs, NoveltyConfig(reference_states=600, cap=10.0), seed=0)
+    explorer = novelty_sim(sim, session.next_obs, NoveltyConfig(reference_states=600, cap=10.0, min_terminations=5), seed=0)
     std = session.next_obs.std(0)
     seen = torch.as_tensor(session.next_obs[:50])
     away = seen + torch.as_tensor(3 * std * np.array([1.0, 0, 0, 0]), dtype=torch.float32)

@@ -47,22 +47,29 @@ class NoTaskSignal(Stopped):
     explore in."""
 
 
-def missing_task_signal(session: Trace) -> str | None:
-    """What the session lacks for a sim to teach the task from it, or None: a session in which no episode
-    terminated and whose reward the action alone explains (a constant, or an action cost) never showed the goal."""
-    if session.terminated.any():
+def missing_task_signal(session: Trace, min_terminations: int) -> str | None:
+    """What the session lacks for a sim to teach the task from it, or None. A session whose reward the action
+    alone explains (a constant, or an action cost) at every step that did not end an episode shows the task only
+    where its episodes terminate: with none, the goal never happened; with fewer than `min_terminations`, a sim
+    has too few to learn where it lies."""
+    terminations = int(session.terminated.sum())
+    if terminations >= min_terminations:
         return None
+    running = ~session.terminated  # a goal's own reward (Acrobot's 0) is the signal, not an action's cost
     if isinstance(session.action_space, spaces.Discrete):
-        features = np.eye(int(session.action_space.n))[session.action]
+        features = np.eye(int(session.action_space.n))[session.action[running]]
     else:
-        action = session.action.reshape(len(session), -1).astype(np.float64)
-        features = np.concatenate([np.ones((len(session), 1)), action, action**2], axis=1)
-    reward = session.reward.astype(np.float64)
+        action = session.action[running].reshape(int(running.sum()), -1).astype(np.float64)
+        features = np.concatenate([np.ones((len(action), 1)), action, action**2], axis=1)
+    reward = session.reward[running].astype(np.float64)
     residual = reward - features @ np.linalg.lstsq(features, reward, rcond=None)[0]
     if residual.var() > 1e-6 * max(reward.var(), 1e-12):
         return None
     what = f"one reward ({float(reward[0]):g}) at every step" if np.ptp(reward) == 0 else "a reward the action alone explains"
-    return f"{what} and no episode that terminated"
+    if terminations == 0:
+        return f"{what} and no episode that terminated"
+    return (f"{what} but where an episode terminated, and only {terminations} of {session.num_episodes:,} episodes "
+            f"that terminated (fewer than {min_terminations})")
 
 
 @dataclass(frozen=True)
@@ -237,8 +244,9 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
                 with progress(f"recording {missing:,} real steps in {trace.env_id}"):
                     session = record_steps(recorder, missing, cfg.seed + r, behaviour)
                 recorder.reset()  # the episode the round cut short goes to the file now
-        lacking = missing_task_signal(session)
-        explore = lacking is not None and r < len(rounds) - 1 and trace.explore is not None
+        can_explore = trace.explore is not None and r < len(rounds) - 1
+        lacking = missing_task_signal(session, trace.explore.min_terminations if can_explore else 1)
+        explore = lacking is not None and can_explore
         if lacking is not None and not explore:
             raise NoTaskSignal(
                 f"the session of {trace.env_id or trace.path} ({len(session):,} steps, {session.num_episodes} "

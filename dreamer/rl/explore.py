@@ -20,8 +20,11 @@ from dreamer.sim import FuncSim
 class NoveltyConfig:
     reference_states: int   # session observations the novelty is measured against (a seeded sample)
     cap: float              # most novelty per step, in the session's standard deviations
+    min_terminations: int   # a session with fewer terminated episodes, and a reward the action alone explains, explores
 
     def __post_init__(self):
+        if not (isinstance(self.min_terminations, int) and self.min_terminations >= 1):
+            raise ValueError(f"min_terminations must be an int >= 1, got {self.min_terminations!r}")
         if self.reference_states < 1:
             raise ValueError(f"reference_states must be a positive int, got {self.reference_states}")
         if not self.cap > 0:
