@@ -36,7 +36,7 @@ def opsd_config(**overrides) -> OPSDConfig:
 
 def ppo_config(**overrides) -> PPOConfig:
     values = OmegaConf.to_container(OmegaConf.load("conf/algo/ppo.yaml"))
-    values.update(anneal_lr=False, update_obs_stats=False)  # as the OPSD experiments set them
+    values.update(anneal_lr=False, update_obs_stats=False, normalize_reward=False)  # as the OPSD experiments set them
     return build(PPOConfig, {**values, **overrides}, "algo", ignore=("kind", "progress"))
 
 

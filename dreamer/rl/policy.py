@@ -18,6 +18,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
 from dreamer.artifacts import atomic_path, write_text
+from dreamer.rl.moments import merge_moments
 from dreamer.rl.policy_folder import read_policy_meta
 from dreamer.rl.sequence import load_sequence_policy
 from dreamer.sim.contract import space_from_dict, space_to_dict
@@ -86,14 +87,11 @@ class MLPPolicy(nn.Module):
     def update_obs_stats(self, obs: torch.Tensor) -> None:
         """Merge a (B, O) batch of observations into the statistics (the parallel mean/variance update of
         Chan et al., as in Gymnasium's `NormalizeObservation`), so they cover the states the policy now visits."""
-        batch = obs.reshape(-1, self.obs_mean.numel()).double()
-        n, total = batch.shape[0], self.obs_count + batch.shape[0]
-        mean, var = self.obs_mean.double(), self.obs_std.double() ** 2
-        delta = batch.mean(0) - mean
-        m2 = var * self.obs_count + batch.var(0, unbiased=False) * n + delta**2 * self.obs_count * n / total
-        self.obs_mean.copy_(mean + delta * n / total)
-        self.obs_std.copy_((m2 / total).sqrt().clamp_min(1e-6))
-        self.obs_count.copy_(total)
+        count, mean, var = merge_moments(self.obs_count, self.obs_mean.double(), self.obs_std.double() ** 2,
+                                         obs.reshape(-1, self.obs_mean.numel()))
+        self.obs_mean.copy_(mean)
+        self.obs_std.copy_(var.sqrt().clamp_min(1e-6))
+        self.obs_count.copy_(count)
 
     def normalise(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.clamp((obs - self.obs_mean) / self.obs_std, -10.0, 10.0)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from dreamer.progress import progress as progress_line
+from dreamer.rl.moments import merge_moments
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class PPOConfig:
     max_grad_norm: float
     target_kl: float | None   # stop an update's epochs early past this approx KL (None: never)
     norm_adv: bool
-    reward_scale: float       # rewards are multiplied by this for learning (returns are logged unscaled)
+    normalize_reward: bool    # learn from rewards divided by the running std of the discounted return (`ReturnScale`)
     update_obs_stats: bool    # after each update, merge the rollout's obs into the policy's obs statistics
     checkpoint_every: int     # updates between the checkpoints a run resumes from
 
@@ -62,6 +63,39 @@ class PPOConfig:
         if (self.num_envs * self.num_steps) % self.num_minibatches:
             raise ValueError(f"num_envs * num_steps = {self.num_envs * self.num_steps} must be divisible by "
                              f"num_minibatches = {self.num_minibatches}")
+
+
+class ReturnScale:
+    """Rewards divided by the running std of the discounted return (Engstrom et al. 2020, "Implementation Matters";
+    Gymnasium's `NormalizeReward`, SB3's `VecNormalize`), for learning only: the critic's targets are then of order
+    1 whatever the env's reward units. With CartPole's raw +1 per step (targets near 100), PPO that had reached 500
+    in a faithful dream fell back to 100-170 on 6 of 16 training seeds, with the scale on none of 18
+    (`algo.normalize_reward`; `benchmarks/dream_diagnosis.py`).
+
+    The return is each env's discounted sum of rewards so far, reset where an episode ends; its moments cover every
+    step seen (float64), and are saved with a PPO checkpoint (`state_dict`). A rollout's rewards are all divided
+    by the std after its own steps: one scale per update, and none from a single step's returns."""
+
+    def __init__(self, num_envs: int, gamma: float, device: torch.device):
+        self.gamma = gamma
+        self.discounted = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.count, self.mean, self.var = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+
+    def observe(self, reward: Tensor, done: Tensor) -> None:
+        """(N,) rewards of one step, and whether each env's episode ended there."""
+        self.discounted = self.discounted * self.gamma + reward
+        self.count, self.mean, self.var = merge_moments(self.count, self.mean, self.var, self.discounted)
+        self.discounted = self.discounted * ~done
+
+    def std(self) -> Tensor:
+        """The scale rewards are divided by (a float32 scalar)."""
+        return (self.var + 1e-8).sqrt().float()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.count, self.mean, self.var = (state[key].to(self.mean) for key in ("count", "mean", "var"))
 
 
 class AuxiliaryLoss(Protocol):
@@ -105,6 +139,7 @@ class PPOCheckpoint:
     torch_rng: Tensor  # torch's CPU generator state
     history: list[dict]
     auxiliary: dict | None = None  # the auxiliary loss's state_dict
+    return_scale: dict | None = None  # `ReturnScale.state_dict()` (algo.normalize_reward)
 
 
 @dataclass
@@ -187,12 +222,15 @@ def train_ppo(
     finite_buf = torch.ones((T, num_envs), device=device, dtype=torch.bool)  # the env's outputs at step t were finite
 
     result = PPOResult(env_steps=0, updates=0, episodes=0, episode_return_mean=None, steps_per_second=0.0)
+    scale = ReturnScale(num_envs, config.gamma, device) if config.normalize_reward else None
     if resume is not None:
         policy.load_state_dict(resume.policy)
         optimizer.load_state_dict(resume.optimizer)
         torch.set_rng_state(resume.torch_rng)
         if auxiliary is not None:
             auxiliary.load_state_dict(resume.auxiliary)
+        if scale is not None and resume.return_scale is not None:
+            scale.load_state_dict(resume.return_scale)
         result = PPOResult(resume.env_steps, resume.updates, resume.episodes, resume.episode_return_mean, 0.0,
                            list(resume.history))
     obs, _ = envs.reset(seed=seed + result.updates)
@@ -217,7 +255,9 @@ def train_ppo(
                 obs_buf[t], actions_buf[t], episode_step_buf[t] = obs, action, episode_step
                 next_obs, reward, terminated, truncated, info = envs.step(policy.env_action(action))
                 done = terminated | truncated
-                rewards_buf[t] = reward * config.reward_scale
+                rewards_buf[t] = reward
+                if scale is not None:
+                    scale.observe(reward, done)
                 terminated_buf[t], truncated_buf[t] = terminated.float(), truncated.float()
                 final_obs_buf[t] = info["final_obs"]
                 episode_return += reward
@@ -231,7 +271,7 @@ def train_ppo(
 
             # Truncated episodes continue beyond the horizon: bootstrap them with V(final obs).
             with torch.no_grad():
-                rewards = rewards_buf.clone()
+                rewards = rewards_buf.clone() if scale is None else rewards_buf / scale.std()
                 truncated = truncated_buf.bool()
                 if truncated.any():  # (a model may not take an empty batch)
                     rewards[truncated] += config.gamma * policy.value(final_obs_buf[truncated])
@@ -327,7 +367,8 @@ def train_ppo(
             if checkpoint is not None and (result.updates % config.checkpoint_every == 0 or result.updates == num_updates):
                 checkpoint(PPOCheckpoint(result.updates, result.env_steps, result.episodes, result.episode_return_mean,
                                          policy.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
-                                         list(result.history), None if auxiliary is None else auxiliary.state_dict()))
+                                         list(result.history), None if auxiliary is None else auxiliary.state_dict(),
+                                         None if scale is None else scale.state_dict()))
     return result
 
 
