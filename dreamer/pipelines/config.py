@@ -20,6 +20,7 @@ from dreamer.rl import MLPPolicyConfig, NoveltyConfig, PPOConfig
 from dreamer.rl.sequence import SequencePolicyConfig
 from dreamer.sim.branch import BranchConfig
 from dreamer.sim.env import UncertaintyConfig
+from dreamer.sim.support import SupportConfig
 from dreamer.traces.storage import TABLES
 from dreamer.traces.table import TableColumns
 
@@ -104,6 +105,7 @@ class SimConfig:
     compile: bool  # torch.compile the fused vector step of training envs (`SimVectorEnv(compile=...)`)
     uncertainty: UncertaintyConfig  # what the training envs do with a learned sim's uncertainty
     branch: BranchConfig  # where the training envs' dream episodes start and how long they last
+    support: SupportConfig | None  # where the dream trusts the sim (task rounds and the pick); None: everywhere
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):

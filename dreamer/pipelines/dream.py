@@ -2,8 +2,9 @@
 
 Each round records real steps (appended to `trace.jsonl` as each episode ends) or loads the trace file, has
 the writer write a sim from the session's training episodes that the sandbox accepts on the held-out
-episodes, and trains PPO in vectorized copies of the accepted sim. Of the rounds' policies, the one with the
-best return in the last round's sim is kept and evaluated in the real env. The run dir holds `trace.jsonl`,
+episodes, and trains PPO in vectorized copies of the accepted sim, trusted only where the session went
+(`sim.support`; an explorer, which is to go further, is not held to it). Of the rounds' policies, the one with the best return in the last
+round's sim, trusted so too, is kept and evaluated in the real env. The run dir holds `trace.jsonl`,
 the write stage's `env/` (see `dreamer.writers.stage`; earlier rounds under `env/round_<r>/`), `policy/`,
 `history.jsonl`, `metrics.json` and the resolved `config.yaml`.
 """
@@ -34,6 +35,7 @@ from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import FuncSim, SimVectorEnv
 from dreamer.sim.branch import branched
 from dreamer.sim.fidelity import Fidelity
+from dreamer.sim.support import Support, within_support
 from dreamer.traces import TableColumns, Trace, TraceRecorder, load_trace, record_steps, save_trace
 from dreamer.traces.coverage import coverage_warnings
 from dreamer.writers import Writer, make_writer, verdict_line, write_sim
@@ -72,9 +74,18 @@ def missing_task_signal(session: Trace, min_terminations: int) -> str | None:
             f"that terminated (fewer than {min_terminations})")
 
 
+def trusted(sim: FuncSim, session: Trace, config: SimConfig) -> FuncSim:
+    """`sim` as far as the session vouches for it (`dreamer.sim.support`), or as it is with `sim.support=null`."""
+    if config.support is None:
+        return sim
+    observations = np.concatenate([session.obs, session.next_obs]).reshape(2 * len(session), -1)
+    return within_support(sim, Support.of_session(observations, session.reward, sim.max_episode_steps, config.support))
+
+
 @dataclass(frozen=True)
 class Pick:
-    """The policy the run keeps: of each round's trained policy, the best in the last round's sim."""
+    """The policy the run keeps: of each round's trained policy, the best in the last round's sim (trusted as in
+    training)."""
 
     round: int                         # 1-based
     dream_returns: dict[int, float]    # round -> its policy's mean over eval.dream_episodes deterministic episodes
@@ -276,9 +287,11 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         policy = MLPPolicy(session.observation_space, session.action_space, cfg.policy).to(device)
         stats = train_trace.summary()
         policy.set_obs_stats(np.asarray(stats.obs_mean), np.asarray(stats.obs_std), stats.num_transitions)
-        if explore:  # this round's policy is the next round's explorer
+        if explore:  # this round's policy is the next round's explorer: it is to leave the session's support
             console.print(f"  the session shows {lacking}: training an explorer in the dream, rewarded for novelty")
             sim = novelty_sim(sim, train_trace.next_obs, trace.explore, cfg.seed + r)
+        else:
+            sim = trusted(sim, session, cfg.sim)
         sim = branched(sim, cfg.sim.branch, torch.as_tensor(train_trace.obs))
         envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device, compile=cfg.sim.compile, uncertainty=cfg.sim.uncertainty)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
@@ -309,7 +322,8 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
     if report.accepted:
         scored = f"{len(round_policies)} round polic{'y' if len(round_policies) == 1 else 'ies'}"
         with progress(f"scoring {scored} in the last sim ({eval_config.dream_episodes} episodes each)"):
-            pick = pick_policy(policy, round_policies, load_sim(round_dir / f"{sim_name}.py", device), eval_config)
+            pick = pick_policy(policy, round_policies, trusted(load_sim(round_dir / f"{sim_name}.py", device), session, cfg.sim),
+                               eval_config)
         policy.cpu().save(run_dir / "policy")
         if eval_config.env_id:
             with progress(f"evaluating the policy in {eval_config.env_id} ({eval_config.episodes} episodes)"):
