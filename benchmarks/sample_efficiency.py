@@ -35,6 +35,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -44,9 +45,7 @@ from dreamer.pipelines import compose_config
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, TorchVectorEnv, train_ppo
 from dreamer.sim.fidelity import Fidelity
 
-# experiment -> (min real return on every seed, max real env steps); None: measured, no target. Acrobot's is
-# Gymnasium's own reward_threshold for Acrobot-v1.
-TARGETS = {"cartpole": (475.0, 5_000), "pendulum": (-200.0, 10_000), "acrobot": (-100.0, 15_000), "mountain_car": None}
+TARGETS = OmegaConf.to_container(OmegaConf.load(Path(__file__).with_name("targets.yaml")))  # experiment -> target or None
 
 
 def dream_run(experiment: str, seed: int, root: Path, device: str, overrides: list[str]) -> dict:
@@ -139,14 +138,16 @@ def main() -> None:
         b = baselines[row["experiment"]]
         span = (b["ppo_real"]["best_return"] or b["random_return"]) - b["random_return"]
         row["normalized_return"] = (row["real_return_mean"] - b["random_return"]) / span if span > 0 else None
-        met = None if target is None else row["real_return_mean"] >= target[0] and row["real_env_steps"] <= target[1]
+        met = None if target is None else (row["real_return_mean"] >= target["min_return"]
+                                           and row["real_env_steps"] <= target["max_real_steps"])
         row["target_met"] = met
         fraction = row["dream_real_gap_fraction"]
         table.add_row(row["experiment"], str(row["seed"]), f"{row['real_return_mean']:.1f} ± {row['real_return_std']:.1f}",
                       "-" if row["normalized_return"] is None else f"{row['normalized_return']:.2f}",
                       f"{row['dream_return_mean']:.1f}", f"{row['dream_real_gap']:+.1f}" + ("" if fraction is None else f" ({fraction:.0%})"),
                       f"{row['real_env_steps']:,}", f"{row['obs_nrmse_mean']:.4f}", f"{row['wall_seconds']:.0f}",
-                      "-" if target is None else f"{'met' if met else 'MISSED'} (≥{target[0]:g} / ≤{target[1]:,})")
+                      "-" if target is None else f"{'met' if met else 'MISSED'} (≥{target['min_return']:g} / "
+                                                 f"≤{target['max_real_steps']:,})")
     console = Console(width=170)
     console.print(table)
     baseline_table = Table(title=f"Baselines on the real env (PPO: {args.ppo_steps:,} real steps, 8 envs, seed 0)")
