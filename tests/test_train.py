@@ -141,7 +141,7 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused():
 
 @pytest.mark.slow
 def test_llm_writer_replays_recorded_completions_end_to_end(tmp_path):
-    examples = (__import__("pathlib").Path(__file__).parents[1] / "examples" / "completions" / "cartpole").resolve()
+    examples = ROOT / "examples" / "completions" / "cartpole"
     run_dir = tmp_path / "run"
     done = train("+experiment=cartpole", "writer=llm", "writer.backend=replay", f"writer.replay_dir={examples}",
                  "writer.cache_dir=null", *TINY, "trace.steps_per_round=[1000,1000]", f"hydra.run.dir={run_dir}")
