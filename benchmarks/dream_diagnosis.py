@@ -44,7 +44,7 @@ from rich.table import Table
 from dreamer.artifacts import write_json
 from dreamer.config import build
 from dreamer.pipelines.config import SimConfig
-from dreamer.pipelines.dream import trusted
+from dreamer.pipelines.dream import session_support, trusted
 from dreamer.rl import MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, train_ppo
 from dreamer.sandbox import load_sim
 from dreamer.sim import SimVectorEnv
@@ -82,8 +82,8 @@ def train_variant(run_dir: Path, name: str, seed: int, episodes: int, long_horiz
     stats = session.summary()
     policy_args, overrides = VARIANTS[name]
     sim_config = build(SimConfig, cfg.sim, "sim")
-    sim = trusted(load_sim(run_dir / "env" / f"{cfg.sim.name}.py"), session,
-                  dataclasses.replace(sim_config, support=None) if policy_args.get("everywhere") else sim_config)
+    sim = load_sim(run_dir / "env" / f"{cfg.sim.name}.py")
+    sim = trusted(sim, None if policy_args.get("everywhere") else session_support(session, sim, sim_config))
     config = dataclasses.replace(build(PPOConfig, cfg.algo, "algo", ignore=("kind", "progress")), **overrides)
     torch.manual_seed(seed)
     model = MLPPolicy(session.observation_space, session.action_space,

@@ -83,3 +83,28 @@ def test_inside_the_support_the_sim_is_unchanged():
 def test_a_negative_margin_is_refused():
     with pytest.raises(ValueError, match="support.margin must be a number >= 0"):
         SupportConfig(-0.1)
+
+
+class Always(torch.nn.Module):
+    """A policy with PPO's protocol that always takes `action`."""
+
+    def __init__(self, action: int):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.nn.functional.one_hot(torch.tensor(action), 2).float() * 10)
+
+    def forward(self, obs):
+        return torch.distributions.Categorical(logits=self.logits.expand(len(obs), 2)), torch.zeros(len(obs))
+
+    def env_action(self, action):
+        return action
+
+
+@pytest.mark.parametrize("action, share", [(1, 1.0), (0, 0.0)])
+def test_the_run_reports_how_often_its_policy_leaves_the_support_in_the_sim_as_written(action, share):
+    """Right, every episode passes x = 2 on its way to the goal at 4; left, x goes down to -50, all of it inside."""
+    from dreamer.pipelines.config import EvalConfig
+    from dreamer.pipelines.dream import share_leaving
+
+    support = Support(torch.tensor([-100.0, -1.0]), torch.tensor([2.0, 1.0]), halt_reward=0.0)
+    config = EvalConfig(env_id=None, episodes=1, seed=0, dream_episodes=8, max_gap=0.25)
+    assert share_leaving(Always(action), drift_sim(1.0), support, config) == share

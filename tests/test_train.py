@@ -38,6 +38,7 @@ def test_default_run_writes_a_complete_run_dir(dream_run):
     assert metrics["sim_compile_seconds"] is None  # TINY_DREAM steps eagerly (sim.compile=false)
     assert metrics["dream_env_steps"] == 2 * 4096
     assert metrics["fidelity"]["obs_nrmse_mean"] < 0.05
+    assert 0 <= metrics["support_leaving_share"] <= 1  # of the kept policy's dream episodes (sim.support)
     session = load_trace(run_dir / "trace.jsonl")
     assert len(session) == 1200
     assert load_sim(run_dir).action_space.n == 2
@@ -70,6 +71,7 @@ def test_the_default_run_balances_the_real_cartpole(tmp_path):
     assert metrics["real_env_steps"] == 5000
     assert metrics["real_return_mean"] >= 475
     assert metrics["dream_return_mean"] >= 475 and metrics["large_gap"] is False
+    assert metrics["support_leaving_share"] < 0.05 and "leaves the session's support" in done.stderr  # (sim.support)
     assert metrics["picked_round"] == 2 and list(metrics["dream_returns_by_round"]) == ["1", "2"]
     assert "dream - real return" in done.stderr and "LARGE" not in done.stderr
     assert metrics["sim_compile_seconds"] > 0 and "(sim step compiled in" in done.stderr  # sim.compile=true by default

@@ -30,7 +30,7 @@ from dreamer.pipelines.config import EvalConfig, SimConfig, TraceConfig, policy_
 from dreamer.pipelines.protocol import Pipeline, Run, Stopped
 from dreamer.progress import progress
 from dreamer.rl import (MLPPolicy, MLPPolicyConfig, PPOConfig, evaluate_in_sim, evaluate_policy, novelty_sim,
-                        train_ppo)
+                        rollout_in_sim, train_ppo)
 from dreamer.sandbox import SandboxConfig, load_sim
 from dreamer.sim import FuncSim, SimVectorEnv
 from dreamer.sim.branch import branched
@@ -74,12 +74,26 @@ def missing_task_signal(session: Trace, min_terminations: int) -> str | None:
             f"that terminated (fewer than {min_terminations})")
 
 
-def trusted(sim: FuncSim, session: Trace, config: SimConfig) -> FuncSim:
-    """`sim` as far as the session vouches for it (`dreamer.sim.support`), or as it is with `sim.support=null`."""
+def session_support(session: Trace, sim: FuncSim, config: SimConfig) -> Support | None:
+    """Where the session vouches for `sim` (`dreamer.sim.support`); None with `sim.support=null`."""
     if config.support is None:
-        return sim
+        return None
     observations = np.concatenate([session.obs, session.next_obs]).reshape(2 * len(session), -1)
-    return within_support(sim, Support.of_session(observations, session.reward, sim.max_episode_steps, config.support))
+    return Support.of_session(observations, session.reward, sim.max_episode_steps, config.support)
+
+
+def trusted(sim: FuncSim, support: Support | None) -> FuncSim:
+    """`sim` as far as `support` goes, or as it is without one."""
+    return sim if support is None else within_support(sim, support)
+
+
+def share_leaving(policy: MLPPolicy, sim: FuncSim, support: Support, eval_config: EvalConfig) -> float:
+    """The share of `policy`'s deterministic episodes in `sim` as written (`eval.dream_episodes`, seeded as the
+    pick's) that leave `support` before they end: where the trusted dream ended them."""
+    left = torch.zeros(eval_config.dream_episodes, dtype=torch.bool, device=next(policy.parameters()).device)
+    for obs, _, running in rollout_in_sim(policy, sim, eval_config.dream_episodes, eval_config.seed):
+        left |= running & support.outside(obs)
+    return float(left.float().mean())
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,9 @@ def summary_table(metrics: dict) -> Table:
                             + ", ".join(f"round {r} {ret:.1f}" for r, ret in rounds.items()) + ")"),
             ("dream return (last sim)", f"{metrics['dream_return_mean']:.1f} (random: {metrics['random_return_dream']:.1f})"),
         ]
+    if metrics["support_leaving_share"] is not None:
+        rows.append(("leaves the session's support", f"in {metrics['support_leaving_share']:.1%} of the kept policy's dream "
+                                                     "episodes in the sim as written (the dream ends them there)"))
     if metrics["dream_real_gap"] is not None:
         rows.append(("dream - real return", f"[bold red]{gap_text(metrics)}[/]" if metrics["large_gap"] else gap_text(metrics)))
     for key, value in rows:
@@ -291,7 +308,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
             console.print(f"  the session shows {lacking}: training an explorer in the dream, rewarded for novelty")
             sim = novelty_sim(sim, train_trace.next_obs, trace.explore, cfg.seed + r)
         else:
-            sim = trusted(sim, session, cfg.sim)
+            sim = trusted(sim, session_support(session, sim, cfg.sim))
         sim = branched(sim, cfg.sim.branch, torch.as_tensor(train_trace.obs))
         envs = SimVectorEnv(sim, cfg.ppo.num_envs, device=device, compile=cfg.sim.compile, uncertainty=cfg.sim.uncertainty)
         distill = None if teacher is None else Distillation(policy, policy, teacher, opsd, seed=cfg.seed + r)
@@ -318,12 +335,14 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
     if trace.kind == "gym":
         recorder.close()
         session = load_trace(run_dir / "trace.jsonl")
-    returns, teacher_returns, report, pick = None, None, written.report, None
+    returns, teacher_returns, report, pick, leaving = None, None, written.report, None, None
     if report.accepted:
         scored = f"{len(round_policies)} round polic{'y' if len(round_policies) == 1 else 'ies'}"
         with progress(f"scoring {scored} in the last sim ({eval_config.dream_episodes} episodes each)"):
-            pick = pick_policy(policy, round_policies, trusted(load_sim(round_dir / f"{sim_name}.py", device), session, cfg.sim),
-                               eval_config)
+            last_sim = load_sim(round_dir / f"{sim_name}.py", device)
+            support = session_support(session, last_sim, cfg.sim)
+            pick = pick_policy(policy, round_policies, trusted(last_sim, support), eval_config)
+            leaving = None if support is None else share_leaving(policy, last_sim, support, eval_config)
         policy.cpu().save(run_dir / "policy")
         if eval_config.env_id:
             with progress(f"evaluating the policy in {eval_config.env_id} ({eval_config.episodes} episodes)"):
@@ -351,6 +370,7 @@ def dream(cfg: DreamConfig, run: Run) -> tuple[dict, Table]:
         "real_eval_env": eval_config.env_id,
         "fidelity": None if report.fidelity is None else report.fidelity.to_dict(),
         "coverage_warnings": coverage_warnings(train_trace, held_out),  # of the last round's split
+        "support_leaving_share": leaving,  # of the kept policy's dream episodes in the last sim as written; None: no support
         **dream_vs_real(pick, returns, eval_config.max_gap),
     }
     if teacher is not None:

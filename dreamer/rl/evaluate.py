@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import gymnasium
 import numpy as np
 import torch
@@ -24,9 +26,10 @@ def evaluate_policy(policy, env: gymnasium.Env, episodes: int, seed: int) -> np.
 
 
 @torch.no_grad()
-def evaluate_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed: int, deterministic: bool = True,
-                    device: str | torch.device | None = None) -> np.ndarray:
-    """(episodes,) undiscounted returns of the first episode of each of `episodes` copies of `sim`, run as one batch.
+def rollout_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed: int, deterministic: bool = True,
+                   device: str | torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first episode of each of `episodes` copies of `sim`, run as one batch, a step at a time: yields (n, O)
+    observations after the step (before any reset), (n,) rewards, and (n,) bool: the episode was still running.
 
     `policy` has the PPO protocol (`policy(obs) -> (distribution, values)`); deterministic acting takes the
     mode (Categorical) or the mean (Normal) of its distribution. `policy=None` acts uniformly at random
@@ -37,7 +40,6 @@ def evaluate_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed:
     envs = SimVectorEnv(sim, episodes, device=device)
     obs, _ = envs.reset(seed=seed)
     envs.action_space.seed(seed)
-    returns = torch.zeros(episodes, device=device)
     running = torch.ones(episodes, dtype=torch.bool, device=device)
     while running.any():
         if policy is None:
@@ -49,7 +51,14 @@ def evaluate_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed:
             else:
                 action = dist.probs.argmax(-1) if isinstance(dist, torch.distributions.Categorical) else dist.mean
             action = policy.env_action(action)
-        obs, reward, terminated, truncated, _ = envs.step(action)
-        returns += reward * running
+        obs, reward, terminated, truncated, info = envs.step(action)
+        yield info["final_obs"], reward, running.clone()
         running &= ~(terminated | truncated)
+
+
+def evaluate_in_sim(policy: nn.Module | None, sim: FuncSim, episodes: int, seed: int, deterministic: bool = True,
+                    device: str | torch.device | None = None) -> np.ndarray:
+    """(episodes,) undiscounted returns of the first episode of each of `episodes` copies of `sim`, run as one
+    batch (`rollout_in_sim`, whose arguments these are)."""
+    returns = sum(reward * running for _, reward, running in rollout_in_sim(policy, sim, episodes, seed, deterministic, device))
     return returns.cpu().numpy()
