@@ -95,6 +95,7 @@ def test_inspect_cli_summarises_a_finished_training_run(dream_run, capsys):
     metrics = json.loads((dream_run / "metrics.json").read_text())
     assert f"{metrics['real_return_mean']:.4g}" in out
     assert "dream return of the kept policy" in out and "dream - real return" in out
+    assert "leaves the session's support" in out and f"in {metrics['support_leaving_share']:.1%} of" in out
 
 
 @pytest.mark.parametrize("metrics, outcome", [

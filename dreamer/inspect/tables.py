@@ -120,6 +120,13 @@ def gap_text(metrics: dict) -> str:
     return text + (": LARGE, the policy may exploit the sim" if metrics["large_gap"] else "")
 
 
+def leaving_text(metrics: dict) -> str:
+    """How often the kept policy leaves the session's support in the last sim as written (`metrics.json`'s
+    `support_leaving_share`; `sim.support`)."""
+    return (f"in {metrics['support_leaving_share']:.1%} of the kept policy's dream episodes in the sim as written "
+            "(the dream ends them there)")
+
+
 def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
     """The dream loop's returns: in the dream (last PPO update) and in the real env."""
     dream = [row["dream/episode_return_mean"] for row in history if row.get("dream/episode_return_mean") is not None]
@@ -129,6 +136,8 @@ def returns_table(metrics: dict, history: Sequence[dict]) -> Table:
     if metrics.get("dream_return_mean") is not None:
         table.add_row(f"dream return of the kept policy (round {metrics['picked_round']}, last sim)",
                       f"{metrics['dream_return_mean']:.4g} (random: {metrics['random_return_dream']:.4g})")
+    if metrics.get("support_leaving_share") is not None:  # absent from runs before sim.support
+        table.add_row("leaves the session's support", leaving_text(metrics))
     table.add_row("real return", "not evaluated" if real is None else
                   f"{real:.4g} ± {metrics['real_return_std']:.4g} over {metrics['real_eval_episodes']} episodes "
                   f"of {metrics['real_eval_env']}")

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamer.config import build
-from dreamer.inspect.tables import gap_text, number
+from dreamer.inspect.tables import gap_text, leaving_text, number
 from dreamer.opsd import Distillation, OPSDConfig, Teacher
 from dreamer.pipelines.config import EvalConfig, SimConfig, TraceConfig, policy_config, ppo_config, trace_columns, trace_config
 from dreamer.pipelines.protocol import Pipeline, Run, Stopped
@@ -189,8 +189,7 @@ def summary_table(metrics: dict) -> Table:
             ("dream return (last sim)", f"{metrics['dream_return_mean']:.1f} (random: {metrics['random_return_dream']:.1f})"),
         ]
     if metrics["support_leaving_share"] is not None:
-        rows.append(("leaves the session's support", f"in {metrics['support_leaving_share']:.1%} of the kept policy's dream "
-                                                     "episodes in the sim as written (the dream ends them there)"))
+        rows.append(("leaves the session's support", leaving_text(metrics)))
     if metrics["dream_real_gap"] is not None:
         rows.append(("dream - real return", f"[bold red]{gap_text(metrics)}[/]" if metrics["large_gap"] else gap_text(metrics)))
     for key, value in rows:
