@@ -299,13 +299,14 @@ def test_the_summary_flags_a_dream_return_the_real_env_does_not_give_back():
             "writers_tried": ["symbolic: REJECTED (fidelity: x)", "hybrid: REJECTED (fidelity: y)"], "real_env_steps": 5000, "dream_env_steps": 1,
             "dream_steps_per_second": 1.0, "sim_compile_seconds": None, "dream_uncertainty": {"mean": 0.05, "truncated_share": 0.012},
             "fidelity": None, "real_return_mean": 150.0, "real_return_std": 0.0, "real_eval_episodes": 20,
-            "coverage_warnings": ["no held-out episode terminated: the termination figures test nothing"]}
+            "support_leaving_share": 0.25, "coverage_warnings": ["no held-out episode terminated: the termination figures test nothing"]}
     console = Console(width=200, record=True)
     console.print(summary_table({**base, **exploited}))
     text = console.export_text()
     assert "round 2 (best in the last sim: round 1 150.0, round 2 500.0)" in text and "+350.0 (73% of the gain over random): LARGE" in text
     assert "writer=auto (neural/neural); tried first: symbolic: REJECTED (fidelity: x); tried first: hybrid: REJECTED" in text
     assert "0.05 per step (mean); 1.2% of steps truncated for it" in text
+    assert "leaves the session's support" in text and "in 25.0% of the kept policy's dream episodes" in text
     assert "session coverage" in text and "no held-out episode terminated: the termination figures test nothing" in text
 
 
