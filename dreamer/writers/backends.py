@@ -12,13 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-import openai
 import torch
 
 from dreamer.artifacts import write_json
 from dreamer.config import resolve_device
+
+if TYPE_CHECKING:
+    import openai
 
 BackendName = Literal["openai", "replay", "transformers"]
 BACKENDS = get_args(BackendName)
@@ -83,6 +85,8 @@ class OpenAIBackend:
     def __init__(
         self, model: str, base_url: str | None, api_key: str, timeout_s: float, max_retries: int, concurrency: int
     ) -> None:
+        import openai  # here: the client takes most of a second to import, and most runs never call a server
+
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
         self.model, self.timeout_s, self.max_retries, self.concurrency = model, timeout_s, max_retries, concurrency
         self.base_url = str(self.client.base_url).rstrip("/")
@@ -96,6 +100,8 @@ class OpenAIBackend:
             return list(pool.map(self._complete_one, requests))
 
     def _complete_one(self, request: Request) -> str:
+        import openai
+
         arguments = {"model": self.model, **request.to_json()}
         try:
             try:
@@ -111,6 +117,8 @@ class OpenAIBackend:
 
     def _explain(self, error: openai.APIError) -> str:
         """A message for an error the client gave up on, with what to check."""
+        import openai
+
         retries = f"after {self.max_retries} retries"
         if isinstance(error, openai.APITimeoutError):
             return (

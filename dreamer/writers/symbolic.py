@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-import pysindy
 from gymnasium import spaces
 
 from dreamer.artifacts import write_json
@@ -298,6 +297,8 @@ def fit_sparse(
 def stlsq(X: np.ndarray, y: np.ndarray, threshold: float, alpha: float) -> np.ndarray:
     """(F,) coefficients by pysindy's STLSQ on unit-norm columns; all-zero columns (e.g. an action the
     session never took) get 0."""
+    import pysindy  # here: it imports scikit-learn, a second that a run stopping on bad input need not wait
+
     coef = np.zeros(X.shape[1])
     nonzero = np.abs(X).max(0) > 0
     optimizer = pysindy.STLSQ(threshold=threshold, alpha=alpha, normalize_columns=True, max_iter=20)

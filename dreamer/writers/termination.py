@@ -19,10 +19,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import PolynomialFeatures
-from sklearn.tree import DecisionTreeClassifier
 
 from dreamer.writers.coordinates import Coordinates
 
@@ -72,6 +68,9 @@ def fit_termination(coords: Coordinates, next_obs: np.ndarray, terminated: np.nd
 
 def tree_rule(coords: Coordinates, next_obs: np.ndarray, terminated: np.ndarray, max_depth: int, seed: int) -> Rule:
     """A decision tree of depth `max_depth` (seeded with `seed`) on the coordinates' magnitudes, or signed too."""
+    from sklearn.tree import DecisionTreeClassifier  # here: scikit-learn takes a second to import, and most runs
+                                                     # of `dreamer.train` that stop early never need it
+
     q = coords.from_obs(next_obs)
     names = [name for name, _ in coords.layout]
     magnitudes, signed = np.abs(q), np.concatenate([np.abs(q), q], axis=1)
@@ -104,6 +103,10 @@ def tree_rule(coords: Coordinates, next_obs: np.ndarray, terminated: np.ndarray,
 def linear_rule(next_obs: np.ndarray, terminated: np.ndarray, config: TerminationConfig) -> Rule | None:
     """The sparsest linear threshold on the next observation's monomials among those with the fewest errors
     (None where every monomial is constant)."""
+    from sklearn.exceptions import ConvergenceWarning  # here, as in tree_rule
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import PolynomialFeatures
+
     poly = PolynomialFeatures(config.degree, include_bias=False)
     X = poly.fit_transform(next_obs.astype(np.float64))
     mean, std = X.mean(0), X.std(0)
