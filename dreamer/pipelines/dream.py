@@ -3,10 +3,10 @@
 Each round records real steps (appended to `trace.jsonl` as each episode ends) or loads the trace file, has
 the writer write a sim from the session's training episodes that the sandbox accepts on the held-out
 episodes, and trains PPO in vectorized copies of the accepted sim, trusted only where the session went
-(`sim.support`; an explorer, which is to go further, is not held to it). Of the rounds' policies, the one with the best return in the last
-round's sim, trusted so too, is kept and evaluated in the real env. The run dir holds `trace.jsonl`,
-the write stage's `env/` (see `dreamer.writers.stage`; earlier rounds under `env/round_<r>/`), `policy/`,
-`history.jsonl`, `metrics.json` and the resolved `config.yaml`.
+(`sim.support`; an explorer, which is to go further, is not held to it). Of the rounds' policies, the one with
+the best return in the last round's sim, trusted so too, is kept and evaluated in the real env. The run dir
+holds `trace.jsonl`, the write stage's `env/` (see `dreamer.writers.stage`; earlier rounds under
+`env/round_<r>/`), `policy/`, `history.jsonl`, `metrics.json` and the resolved `config.yaml`.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 A sim written from a session knows only what the session showed. CartPole's sessions of the default run never
 show the cart leaving the track (their episodes end by the pole), so their sims have no track edge: a dream
-policy that drifts is never told, and in the real env it runs off after 400-1,100 steps. Here a dream episode
-whose next observation leaves the session's box (per observation dim, widened by `margin` of its range on
-each side) ends there, as MOReL's HALT does, and pays the worst the session's rewards allow: nothing more when
-every reward was positive, or its lowest reward for a whole episode when some was negative (so that leaving is
-never a way out of a costly task). A step the sim itself ends (a goal, a fall) keeps its own reward.
+policy that drifts is never told, and in the real env it ran off (2 of 6 round-2 policies, after 866 and 1,157
+steps of 2,000-step episodes). Here a dream episode whose next observation leaves the session's box (per
+observation dim, widened by `margin` of its range on each side) ends there, as MOReL's HALT does, and pays the
+worst the session's rewards allow: nothing more when every reward was positive, or its lowest reward for a
+whole episode when some was negative (so that leaving is never a way out of a costly task). A step the sim itself ends (a goal, a fall) keeps its own reward.
 """
 
 from __future__ import annotations
