@@ -1,9 +1,11 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import gymnasium
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from dreamer.sandbox import SandboxConfig
@@ -12,6 +14,13 @@ from dreamer.traces import Trace, collect_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One torch thread per pytest-xdist worker, here and in the processes the tests start (runs, sandbox workers,
+    # notebook kernels): torch's default of a thread per core, in two workers on two cores, leaves each parallel op
+    # waiting on the other worker's (the default run's test took more than 9 minutes instead of 2).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
