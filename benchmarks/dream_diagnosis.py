@@ -2,8 +2,9 @@
 
 Takes a run dir of the dream loop (two or more rounds, e.g. `python -m dreamer.train seed=0`), and
 trains PPO again in its last round's sim, once per variant below and training seed (`--seeds`, default the
-run's own); each trained policy is evaluated deterministically in that sim (as the run's pick does) and in the real env, there also over
-longer episodes (`--long-horizon`, default 4x the env's: a policy that drifts slowly fails there). Variants:
+run's own); each trained policy is evaluated deterministically in that sim (`eval.dream_episodes` episodes, as
+the run's pick does) and in the real env, there also over longer episodes (`--long-horizon`, default 4x the
+env's: a policy that drifts slowly fails there). Variants:
 
 - `carried, fixed stats`: the policy of the round before, its obs statistics frozen (the old default);
 - `carried`: the same, the statistics following the rollouts (`algo.update_obs_stats=true`);
@@ -100,7 +101,7 @@ def train_variant(run_dir: Path, name: str, seed: int, episodes: int, long_horiz
     last = result.history[-1]
     return {
         "variant": name, "seed": seed,
-        "dream_return": float(evaluate_in_sim(model, sim, 256, cfg.eval.seed).mean()),
+        "dream_return": float(evaluate_in_sim(model, sim, cfg.eval.dream_episodes, cfg.eval.seed).mean()),
         "real_return": float(real_returns(model, cfg.trace.env_id, episodes, cfg.eval.seed).mean()),
         "real_return_long": float(real_returns(model, cfg.trace.env_id, episodes, cfg.eval.seed, long_horizon).mean()),
         "final_entropy": last["entropy"], "final_clip_fraction": last["clip_fraction"],
@@ -159,8 +160,8 @@ def main() -> None:
     console.print(table)
     console.print(sampler)
     out = Path(__file__).parent / "results" / f"dream-diagnosis-{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg.seed}.json"
-    write_json(out, {"run_dir": str(run_dir), "seed": cfg.seed, "training_seeds": seeds, "long_horizon": long_horizon, "config": OmegaConf.to_container(cfg),
-                     "variants": rows, "sampler": sampler})
+    write_json(out, {"run_dir": str(run_dir), "seed": cfg.seed, "training_seeds": seeds, "long_horizon": long_horizon,
+                     "config": OmegaConf.to_container(cfg), "variants": rows, "sampler": sampler})
     print(f"written: {out}")
 
 

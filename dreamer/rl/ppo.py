@@ -69,8 +69,8 @@ class ReturnScale:
     """Rewards divided by the running std of the discounted return (Engstrom et al. 2020, "Implementation Matters";
     Gymnasium's `NormalizeReward`, SB3's `VecNormalize`), for learning only: the critic's targets are then of order
     1 whatever the env's reward units. With CartPole's raw +1 per step (targets near 100), PPO that had reached 500
-    in a faithful dream fell back to 100-170 on 6 of 16 training seeds, with the scale on none of 18
-    (`algo.normalize_reward`; `benchmarks/dream_diagnosis.py`).
+    in a faithful dream fell back to 100-170 on 6 of 16 training seeds, with the scale on none of 18 (2026-12-02's
+    round-2 sims trained again; `benchmarks/dream_diagnosis.py`'s "fresh, raw rewards" variant measures it on any run).
 
     The return is each env's discounted sum of rewards so far, reset where an episode ends; its moments cover every
     step seen (float64), and are saved with a PPO checkpoint (`state_dict`). A rollout's rewards are all divided

@@ -56,14 +56,15 @@ class Support:
 def within_support(sim: FuncSim, support: Support) -> FuncSim:
     """`sim` whose episodes end where the next observation leaves `support`, paying `support.halt_reward` there
     unless the sim ends the episode itself."""
-    def halted(state: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        return support.outside(sim.observation(state, rng)) & ~sim.terminal(state, rng).bool()
+    def leaves(state: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return support.outside(sim.observation(state, rng))
 
     def reward(state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         paid = sim.reward(state, action, next_state, rng)
-        return torch.where(halted(next_state, rng), torch.full_like(paid, support.halt_reward), paid)
+        halted = leaves(next_state, rng) & ~sim.terminal(next_state, rng).bool()
+        return torch.where(halted, torch.full_like(paid, support.halt_reward), paid)
 
     def terminal(state: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        return sim.terminal(state, rng).bool() | support.outside(sim.observation(state, rng))
+        return sim.terminal(state, rng).bool() | leaves(state, rng)
 
     return dataclasses.replace(sim, reward=reward, terminal=terminal)
